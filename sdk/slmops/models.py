@@ -1,0 +1,98 @@
+"""Where models come from and how they are loaded: a local Hugging Face folder, an MLflow model folder
+(`mlflow.transformers` layout), or a Hugging Face hub id (uses the local HF cache, or the network when the
+user has one; tests and the quickstart only ever pass local folders).
+
+Every step loads its models through these functions, so the same inputs work for every step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from slmops.errors import UserError
+
+TINY_MARKER = "slmops_tiny.json"  # written by slmops.tiny; such folders load PreTrainedTokenizerFast directly
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Resolved locations of a model's weights and tokenizer (`weights`/`tokenizer` are paths or a hub id)."""
+
+    weights: str
+    tokenizer: str
+    is_local: bool
+    is_tiny: bool = False
+    adapter: str | None = None  # a PEFT adapter folder when the source is an adapter on a base
+
+
+def resolve(path_or_id: str | os.PathLike) -> ModelSource:
+    """Resolve a model reference. Raises UserError with the fix when a local path is not a model."""
+    ref = str(path_or_id)
+    p = Path(ref).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise UserError(f"model path {ref!r} is a file; pass the model folder (with config.json or MLmodel)")
+        if (p / "MLmodel").exists():  # mlflow.transformers layout
+            weights = p / "model"
+            tok = p / "components" / "tokenizer"
+            if not weights.is_dir():
+                raise UserError(f"MLflow model {ref!r} has no 'model/' folder; is it a transformers-flavor model?")
+            return ModelSource(str(weights), str(tok if tok.is_dir() else weights), True,
+                               (weights / TINY_MARKER).exists() or (p / TINY_MARKER).exists())
+        if (p / "adapter_config.json").exists():
+            base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            if not base:
+                raise UserError(f"adapter {ref!r} names no base model (base_model_name_or_path)")
+            src = resolve(base)
+            return ModelSource(src.weights, src.tokenizer, src.is_local, src.is_tiny, adapter=str(p))
+        if not (p / "config.json").exists():
+            found = sorted(x.name for x in p.iterdir())[:10]
+            raise UserError(
+                f"{ref!r} is not a model folder: no config.json, MLmodel or adapter_config.json in it "
+                f"(found: {found}); pass a Hugging Face model folder, an MLflow model folder, or a hub id"
+            )
+        return ModelSource(str(p), str(p), True, (p / TINY_MARKER).exists())
+    if ref.startswith((".", "/", "~")) or os.sep in ref.strip("/").replace("/", "", 1):
+        raise UserError(f"model path {ref!r} does not exist; check the path or pass a hub id like 'org/name'")
+    return ModelSource(ref, ref, False)
+
+
+def load_tokenizer(path_or_id: str | os.PathLike):
+    """Load the tokenizer; pad token falls back to eos. Tiny models use PreTrainedTokenizerFast directly
+    (AutoTokenizer would pick e.g. Qwen2Tokenizer for a Qwen2 config, which splits digits differently)."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    src = resolve(path_or_id)
+    if src.is_tiny:
+        tok = PreTrainedTokenizerFast.from_pretrained(src.tokenizer)
+    else:
+        tok = AutoTokenizer.from_pretrained(src.tokenizer)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(path_or_id: str | os.PathLike, *, dtype=None, quantization_config=None, device_map=None,
+                   merge_adapter: bool = False):
+    """Load a causal LM (and its PEFT adapter, if the reference is an adapter folder)."""
+    from transformers import AutoModelForCausalLM
+
+    src = resolve(path_or_id)
+    kwargs = {}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    model = AutoModelForCausalLM.from_pretrained(src.weights, **kwargs)
+    if src.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, src.adapter)
+        if merge_adapter:
+            model = model.merge_and_unload()
+    return model
