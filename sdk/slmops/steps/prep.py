@@ -1,0 +1,217 @@
+"""prep: turn raw data into tokenized train/validation examples for fine-tuning, or say exactly what is wrong.
+
+    python -m slmops.steps.prep --data tone.jsonl --base_model ./tiny-llama \\
+        --template '<|user|>\\nWhat is the tone of this phrase? {phrase}<|end|>\\n<|assistant|>\\n{tone}' \\
+        --label_column tone --output_data ./prepared
+
+Input: one of --data (a .jsonl/.json/.csv/.parquet file), --data_dir (a folder of them) or --dataset_name (a
+Hugging Face dataset; --dataset_split takes slices such as 'train[:4096]' or 'train[:10%]', and slices the
+rows of local data the same way). Format: --format template (text up to the last {field} is the prompt, the
+rest the completion), prompt_completion (two columns) or messages (chat turns rendered with the base model's
+chat template). The base model's tokenizer (--base_model folder or --base_model_id hub id) tokenizes.
+
+Steps, in order: load -> render -> drop exact duplicates -> tokenize (prompt + completion + eos) -> check ->
+hold out validation (stratified by --label_column) -> write. Every problem in the data (file, line, field) is
+reported at once and nothing is written (exit 2). Output folder: train.jsonl, validation.jsonl,
+data_report.json (see docs/data.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from slmops import data, tracking
+from slmops.errors import UserError, run_main
+from slmops.io import atomic_dir, write_json
+from slmops.models import load_tokenizer
+
+MIN_EXAMPLES = 10
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m slmops.steps.prep", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_argument_group("data source (exactly one)")
+    src.add_argument("--data", help="a local .jsonl, .json (array of records), .csv or .parquet file")
+    src.add_argument("--data_dir", help="a folder of data files (read recursively, sorted by path)")
+    src.add_argument("--dataset_name", help="a Hugging Face dataset name (needs the network or the HF cache)")
+    src.add_argument("--dataset_split", default="train",
+                     help="split with optional slice: 'train', 'train[:4096]', 'train[4096:4224]', "
+                          "'train[:10%%]'; local data is a single split named 'train' (default: train)")
+    model = ap.add_argument_group("base model whose tokenizer is used (exactly one)")
+    model.add_argument("--base_model", help="model folder (Hugging Face or MLflow layout)")
+    model.add_argument("--base_model_id", help="model hub id, e.g. microsoft/Phi-3.5-mini-instruct")
+    fmt = ap.add_argument_group("format")
+    fmt.add_argument("--format", default="template", choices=data.FORMATS,
+                     help="how rows become prompt/completion (default: template)")
+    fmt.add_argument("--template",
+                     help="text with {column} placeholders; the last placeholder starts the completion; "
+                          "the two characters \\n and \\t are read as newline and tab (format template)")
+    fmt.add_argument("--prompt_column", default="prompt", help="prompt column (format prompt_completion)")
+    fmt.add_argument("--completion_column", default="completion",
+                     help="completion column (format prompt_completion)")
+    fmt.add_argument("--messages_column", default="messages",
+                     help="column of [{role, content}, ...] turns (format messages)")
+    fmt.add_argument("--label_column",
+                     help="class label column: stratifies the split and is kept as 'label' for metrics")
+    ap.add_argument("--validation_fraction", type=float, default=0.1,
+                    help="share of examples held out for validation, 0 to 0.5 (default: 0.1)")
+    ap.add_argument("--max_seq_len", type=int, default=512,
+                    help="longest example in tokens, prompt + completion + eos (default: 512)")
+    ap.add_argument("--on_too_long", default="error", choices=["error", "truncate"],
+                    help="longer examples: report them (error), or cut the start of the prompt, then the end of "
+                         "the completion if it alone does not fit (truncate) (default: error)")
+    ap.add_argument("--max_rows", type=int, default=0,
+                    help="use only the first N rows after the split slice, 0 = all (default: 0)")
+    ap.add_argument("--seed", type=int, default=42, help="seed of the validation hold-out (default: 42)")
+    ap.add_argument("--output_data", required=True,
+                    help="output folder: train.jsonl, validation.jsonl, data_report.json")
+    return ap
+
+
+def check_args(args: argparse.Namespace) -> list[str]:
+    """Every problem with the arguments themselves (before any data is read)."""
+    problems = []
+    sources = [f"--{k}" for k in ("data", "data_dir", "dataset_name") if getattr(args, k)]
+    if len(sources) != 1:
+        problems.append(f"give exactly one of --data, --data_dir, --dataset_name (got {sources or 'none'})")
+    if args.data and not Path(args.data).is_file():
+        problems.append(f"--data {args.data!r} is not a file; pass a .jsonl, .json, .csv or .parquet file "
+                        "(or a folder with --data_dir)")
+    elif args.data and Path(args.data).suffix.lower() not in data.SUFFIXES:
+        problems.append(f"--data {args.data!r} has an unsupported type {Path(args.data).suffix!r}; use "
+                        ".jsonl, .json, .csv or .parquet")
+    if args.data_dir and not Path(args.data_dir).is_dir():
+        problems.append(f"--data_dir {args.data_dir!r} is not a folder; pass a folder of data files "
+                        "(or a single file with --data)")
+    if split_problem := data.check_split(args.dataset_split, local=not args.dataset_name):
+        problems.append(split_problem)
+    models = [f"--{k}" for k in ("base_model", "base_model_id") if getattr(args, k)]
+    if len(models) != 1:
+        problems.append(f"give exactly one of --base_model, --base_model_id (got {models or 'none'})")
+    if args.format == "template":
+        if not args.template:
+            problems.append("--format template needs --template, e.g. "
+                            "'<|user|>\\n{question}<|end|>\\n<|assistant|>\\n{answer}'")
+        elif (template_problem := data.template_fields(data.unescape(args.template))[1]) is not None:
+            problems.append(template_problem)
+    elif args.template:
+        problems.append(f"--template is only used with --format template (got --format {args.format}); "
+                        "drop one of them")
+    if not 0.0 <= args.validation_fraction <= 0.5:
+        problems.append(f"--validation_fraction {args.validation_fraction} is outside 0..0.5; e.g. 0.1")
+    if args.max_seq_len < 8:
+        problems.append(f"--max_seq_len {args.max_seq_len} is below 8; e.g. 512")
+    if args.max_rows < 0:
+        problems.append(f"--max_rows {args.max_rows} is negative; use 0 for all rows")
+    return problems
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    problems = check_args(args)
+    if problems:
+        raise UserError("prep: invalid arguments", problems=problems)
+    template = data.unescape(args.template) if args.template else None
+    tokenizer = load_tokenizer(args.base_model or args.base_model_id)
+    if tokenizer.eos_token_id is None:
+        raise UserError(f"the tokenizer of {args.base_model or args.base_model_id!r} has no eos token; "
+                        "use a causal LM tokenizer that defines one")
+    if args.format == "messages" and not tokenizer.chat_template:
+        raise UserError(f"--format messages needs a chat template, and the tokenizer of "
+                        f"{args.base_model or args.base_model_id!r} has none; use --format template instead")
+
+    # Load.
+    skipped: list[str] = []
+    if args.dataset_name:
+        rows, problems = data.load_hub(args.dataset_name, args.dataset_split), []
+    else:
+        rows, problems, skipped = data.load_local(Path(args.data or args.data_dir), args.dataset_split)
+    if args.max_rows:
+        rows = rows[:args.max_rows]
+    sha256 = data.content_hash(rows)
+    if (label_problem := data.missing_label_column(rows, args.label_column)) is not None:
+        raise UserError("prep: the data does not fit the arguments", problems=problems + [label_problem])
+
+    # Render.
+    if args.format == "template":
+        examples, render_problems = data.render_template(rows, template, args.label_column)
+    elif args.format == "prompt_completion":
+        examples, render_problems = data.render_prompt_completion(
+            rows, args.prompt_column, args.completion_column, args.label_column)
+    else:
+        examples, render_problems = data.render_messages(rows, args.messages_column, args.label_column, tokenizer)
+    problems += render_problems
+
+    # Drop exact duplicates, tokenize, check.
+    examples, duplicates = data.drop_duplicates(examples)
+    tokenized, length_problems = data.tokenize(
+        examples, tokenizer, max_seq_len=args.max_seq_len, truncate=args.on_too_long == "truncate",
+        add_special_tokens=args.format != "messages")  # a chat template writes its own special tokens
+    problems += length_problems
+    if len(examples) < MIN_EXAMPLES:
+        problems.append(f"only {len(examples)} usable examples after dropping {duplicates} duplicates "
+                        f"(from {len(rows)} rows); at least {MIN_EXAMPLES} are needed")
+    if problems:
+        raise UserError(f"prep: {len(problems)} problems in the data; nothing was written",
+                        problems=data.cap(problems))
+
+    # Hold out validation.
+    labels = [e.label for e in examples]
+    train_idx, val_idx = data.split_indices(labels, args.validation_fraction, args.seed,
+                                            stratify=args.label_column is not None)
+
+    # Write.
+    report = {
+        "source": {"data": args.data, "data_dir": args.data_dir, "dataset_name": args.dataset_name,
+                   "dataset_split": args.dataset_split, "max_rows": args.max_rows, "files_skipped": skipped},
+        "sha256": sha256,
+        "tokenizer": tokenizer.name_or_path,
+        "format": args.format,
+        "template": template,
+        "label_column": args.label_column,
+        "max_seq_len": args.max_seq_len,
+        "on_too_long": args.on_too_long,
+        "validation_fraction": args.validation_fraction,
+        "seed": args.seed,
+        "rows": {"raw": len(rows), "duplicates_dropped": duplicates, "examples": len(examples),
+                 "train": len(train_idx), "validation": len(val_idx)},
+        "truncated": {"prompt": sum(t.truncated == "prompt" for t in tokenized),
+                      "completion": sum(t.truncated == "completion" for t in tokenized)},
+        "token_lengths": {
+            "all": data.length_stats([len(t.input_ids) for t in tokenized]),
+            "train": data.length_stats([len(tokenized[i].input_ids) for i in train_idx]),
+            "validation": data.length_stats([len(tokenized[i].input_ids) for i in val_idx]),
+        },
+        "labels": {"train": data.label_counts([labels[i] for i in train_idx]),
+                   "validation": data.label_counts([labels[i] for i in val_idx])},
+    }
+    with atomic_dir(args.output_data) as out:
+        for name, indices in (("train", train_idx), ("validation", val_idx)):
+            with open(out / f"{name}.jsonl", "w", encoding="utf-8") as f:
+                for i in indices:
+                    e, t = examples[i], tokenized[i]
+                    f.write(json.dumps({"prompt": t.prompt, "completion": e.completion, "label": e.label,
+                                        "input_ids": t.input_ids, "prompt_length": t.prompt_length},
+                                       ensure_ascii=False) + "\n")
+        write_json(out / "data_report.json", report)
+
+    with tracking.step_run():
+        tracking.log_params({k: v for k, v in vars(args).items() if v is not None})
+        tracking.log_metrics({f"rows_{k}": v for k, v in report["rows"].items()})
+        tracking.log_metrics({f"truncated_{k}": v for k, v in report["truncated"].items()})
+        tracking.log_metrics({f"tokens_{k}": v for k, v in report["token_lengths"]["all"].items()})
+        tracking.set_tags({"data_sha256": sha256})
+        tracking.log_artifact(Path(args.output_data) / "data_report.json")
+    rows_ = report["rows"]
+    print(f"prep: {rows_['raw']} rows -> {rows_['examples']} examples ({duplicates} duplicates dropped) -> "
+          f"train {rows_['train']}, validation {rows_['validation']}; tokens p95 "
+          f"{report['token_lengths']['all']['p95']}, max {report['token_lengths']['all']['max']}; "
+          f"written to {args.output_data}")
+    return report
+
+
+if __name__ == "__main__":
+    run_main(main)
