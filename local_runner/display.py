@@ -1,0 +1,81 @@
+"""What a person sees while a pipeline runs: a live table of steps on a terminal, plain lines otherwise (CI).
+
+Every line a step prints is shown with the step's name as prefix; state changes are shown as they happen.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+STYLES = {"pending": "dim", "running": "cyan", "reused": "green", "done": "bold green", "failed": "bold red",
+          "skipped": "yellow", "killed": "red"}
+
+
+class Display:
+    def __init__(self, nodes: list[str], live: bool | None = None):
+        self.states = {name: "pending" for name in nodes}
+        self.started: dict[str, float] = {}
+        self.durations: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self.live = sys.stdout.isatty() if live is None else live
+        self._live = None
+        if self.live:
+            from rich.console import Console
+            from rich.live import Live
+
+            self.console = Console()
+            self._live = Live(self._table(), console=self.console, refresh_per_second=4, transient=False,
+                              get_renderable=self._table)
+            self._live.start()
+
+    def _table(self):
+        from rich.table import Table
+
+        table = Table(box=None, show_header=True, header_style="bold")
+        table.add_column("step")
+        table.add_column("state")
+        table.add_column("time", justify="right")
+        for name, state in self.states.items():
+            if name in self.durations:
+                seconds = self.durations[name]
+            elif name in self.started:
+                seconds = time.monotonic() - self.started[name]
+            else:
+                seconds = None
+            table.add_row(name, f"[{STYLES.get(state, '')}]{state}[/]", "" if seconds is None else f"{seconds:.1f}s")
+        return table
+
+    def _print(self, text: str, style: str | None = None) -> None:
+        with self.lock:
+            if self._live is not None:
+                self.console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
+            else:
+                print(text, flush=True)
+
+    def state(self, name: str, state: str, detail: str = "") -> None:
+        if name not in self.states:
+            self.states[name] = state
+        now = time.monotonic()
+        if state == "running":
+            self.started[name] = now
+        elif state in ("done", "failed", "killed") and name in self.started:
+            self.durations[name] = now - self.started[name]
+        elif state in ("reused", "skipped"):
+            self.durations[name] = 0.0
+        self.states[name] = state
+        took = f" ({self.durations[name]:.1f}s)" if state in ("done", "failed", "killed") and name in self.durations else ""
+        if self._live is None or state in ("failed", "killed"):
+            self._print(f"[{name}] {state}{took}{(': ' + detail) if detail else ''}")
+
+    def line(self, name: str, text: str) -> None:
+        self._print(f"{name} | {text}")
+
+    def notice(self, text: str) -> None:
+        self._print(text, style="yellow")
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None

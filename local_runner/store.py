@@ -1,0 +1,146 @@
+"""The on-disk store beside the run folders (`<run dir parent>/.slmops/`): content hashes, code snapshots, step cache.
+
+    .slmops/
+      mlflow.db, mlartifacts/      embedded MLflow tracking (see local_runner.tracking)
+      graphs/<key>.json            resolved pipeline graphs (see local_runner.load.cached_graph)
+      filehash.json                sha256 per file, keyed by (path, size, mtime): big inputs are hashed once
+      snapshots/<code hash>/       copies of components' `code:` folders; a step runs inside one
+      cache/<step key>/attempt/<output>/   outputs of a running or failed attempt (handed to the retry as is)
+      cache/<step key>/done/<output>/      outputs of a finished step: renamed from attempt/ in one step
+      cache/<step key>/done.json           what the finished step produced (output content hashes, run id)
+
+A step's key hashes everything Azure ML's reuse rule names: the component spec, the code snapshot's content, the
+environment definition, input contents and parameter values, and output/run settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from local_runner.graph import Node
+from slmops.io import write_json
+
+IGNORED = {"__pycache__", ".git", ".ipynb_checkpoints", ".pytest_cache"}
+
+
+class Store:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._hash_file = self.root / "filehash.json"
+        try:
+            self._hashes = json.loads(self._hash_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            self._hashes = {}
+        self._dirty = False
+
+    # ---------------------------------------------------------------------------------------------- hashing
+    def hash_path(self, path: str | os.PathLike) -> str:
+        """sha256 over a file, or over a folder's relative names and file contents (ignoring caches)."""
+        path = Path(path)
+        digest = hashlib.sha256()
+        if path.is_file():
+            digest.update(self._file_sha(path).encode())
+            return digest.hexdigest()
+        for root, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if d not in IGNORED)
+            for name in sorted(files):
+                if name.endswith(".pyc"):
+                    continue
+                full = Path(root) / name
+                digest.update(str(full.relative_to(path)).encode() + b"\0" + self._file_sha(full).encode())
+        return digest.hexdigest()
+
+    def _file_sha(self, path: Path) -> str:
+        st = path.stat()
+        key = str(path.resolve())
+        stamp = [st.st_size, st.st_mtime_ns]
+        cached = self._hashes.get(key)
+        if cached and cached[0] == stamp:
+            return cached[1]
+        sha = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                sha.update(chunk)
+        self._hashes[key] = [stamp, sha.hexdigest()]
+        self._dirty = True
+        return self._hashes[key][1]
+
+    def save_hashes(self) -> None:
+        if self._dirty:
+            write_json(self._hash_file, self._hashes)
+            self._dirty = False
+
+    # ---------------------------------------------------------------------------------------------- snapshots
+    def snapshot(self, code: str | None, code_hash: str) -> Path:
+        """A content-addressed copy of a `code:` folder (an empty folder for components without code)."""
+        target = self.root / "snapshots" / code_hash
+        if target.exists():
+            return target
+        tmp = target.with_name(f".tmp-{code_hash}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        if code:
+            shutil.copytree(code, tmp, symlinks=True, ignore=shutil.ignore_patterns(*IGNORED, "*.pyc"))
+        else:
+            tmp.mkdir(parents=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:            # another run made it first
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+    # ---------------------------------------------------------------------------------------------- step cache
+    def step_dir(self, key: str) -> Path:
+        return self.root / "cache" / key
+
+    def finished(self, key: str) -> dict | None:
+        """done.json of a finished step, or None when nothing reusable exists under this key."""
+        d = self.step_dir(key)
+        if (d / "done").is_dir() and (d / "done.json").is_file():
+            return json.loads((d / "done.json").read_text())
+        return None
+
+    def attempt_outputs(self, key: str, outputs: list[str]) -> dict[str, Path]:
+        """Output folders for an attempt: the same ones a failed earlier attempt with this key used."""
+        base = self.step_dir(key) / "attempt"
+        paths = {}
+        for name in outputs:
+            paths[name] = base / name
+            paths[name].mkdir(parents=True, exist_ok=True)
+        return paths
+
+    def complete(self, key: str, info: dict) -> dict[str, Path]:
+        """Mark an attempt finished: hash its outputs, rename attempt/ -> done/ (atomic), then write done.json."""
+        d = self.step_dir(key)
+        if (d / "done").exists():
+            shutil.rmtree(d / "done")
+        (d / "done.json").unlink(missing_ok=True)
+        os.replace(d / "attempt", d / "done")
+        outputs = {p.name: p for p in sorted((d / "done").iterdir())}
+        info = dict(info, output_hashes={name: self.hash_path(p) for name, p in outputs.items()})
+        write_json(d / "done.json", info)
+        return outputs
+
+    def done_outputs(self, key: str, names: list[str]) -> dict[str, Path]:
+        return {name: self.step_dir(key) / "done" / name for name in names}
+
+
+def step_key(node: Node, code_hash: str, input_identity: dict, force_token: str = "") -> str:
+    """The reuse key: component spec, code content, environment definition, inputs, output and run settings."""
+    component = {k: v for k, v in node.component.items() if k != "code"}   # the code folder counts by content
+    blob = json.dumps({
+        "component": component,
+        "code": code_hash,
+        "environment": node.environment,
+        "inputs": input_identity,
+        "outputs": node.outputs,
+        "distribution": node.distribution,
+        "resources": node.resources,
+        "sweep": node.sweep,
+        "force": force_token,
+    }, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
