@@ -1,0 +1,202 @@
+"""Submit a pipeline YAML to Azure ML, show what would be sent, and follow the run.
+
+    job = load_pipeline(Path("pipelines/finetune.yaml"), {"max_steps": "200"}, ["gpu=nc24"], None, cwd)
+    envs = pin_environments(job, load_environments(root / "environments"))
+    print(json.dumps(dry_run_payload(job, envs)))        # offline: no credential, no network
+    created = submit(ml_client, job, envs)                # ensures environments, then jobs.create_or_update
+
+The pipeline is loaded by azure-ai-ml itself (`load_job`), so the YAML that `slmops run` executes locally is the
+one submitted. `--set name=value` overrides are checked against the pipeline's declared inputs first (unknown
+name, wrong literal type, missing local path) and every problem is reported at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from slmops.azure.environments import ProjectEnvironment, ensure_environment, pin_components
+from slmops.errors import UserError
+
+ASSET_TYPES = {"uri_file", "uri_folder", "custom_model", "mlflow_model", "triton_model", "mltable"}
+REMOTE_PREFIXES = ("azureml:", "https:", "http:", "wasbs:", "abfss:", "adl:", "hf:")
+TERMINAL = {"Completed", "Failed", "Canceled", "NotResponding", "Paused"}
+
+
+def parse_sets(pairs: list[str]) -> dict[str, str]:
+    """`["a=1", "b=x=y"]` -> `{"a": "1", "b": "x=y"}`; all malformed pairs reported together."""
+    values, problems = {}, []
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            problems.append(f"--set {pair!r}: expected NAME=VALUE, e.g. --set max_steps=200")
+        else:
+            values[name.strip()] = value
+    if problems:
+        raise UserError("Bad --set values.", problems=problems)
+    return values
+
+
+def _literal(text: str, kind: type):
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered not in ("true", "false"):
+            raise ValueError("expected true or false")
+        return lowered == "true"
+    if kind is int:
+        return int(text)
+    if kind is float:
+        return float(text)
+    return text
+
+
+def _asset_path(text: str, cwd: Path) -> str:
+    if text.startswith(REMOTE_PREFIXES) or "://" in text:
+        return text
+    path = (Path(cwd) / text).resolve()
+    if not path.exists():
+        raise ValueError(f"local path {path} does not exist (give a local path or an azureml: reference)")
+    return str(path)
+
+
+def override_params(declared: dict, sets: dict[str, str], cwd: Path) -> tuple[list[dict], list[str]]:
+    """azure-ai-ml `params_override` entries for `--set` values, type-checked against the declared inputs."""
+    params, problems = [], []
+    for name, text in sets.items():
+        if name not in declared:
+            problems.append(f"--set {name}: the pipeline has no input {name!r}; inputs: {', '.join(sorted(declared))}")
+            continue
+        current = declared[name]
+        try:
+            if isinstance(current, dict) and current.get("type") in ASSET_TYPES:
+                value = {**current, "path": _asset_path(text, cwd)}
+            elif isinstance(current, bool):
+                value = _literal(text, bool)
+            elif isinstance(current, int):
+                value = _literal(text, int)
+            elif isinstance(current, float):
+                value = _literal(text, float)
+            elif isinstance(current, str) or current is None:
+                value = text
+            else:
+                raise ValueError(f"cannot override an input declared as {current!r}")
+        except ValueError as exc:
+            problems.append(f"--set {name}={text!r}: {exc} (current value: {current!r})")
+            continue
+        params.append({f"inputs.{name}": value})
+    return params, problems
+
+
+def load_pipeline(path: Path, sets: dict[str, str], compute: list[str], experiment: str | None, cwd: Path):
+    """Load the pipeline YAML with azure-ai-ml, overrides applied; every problem reported together.
+
+    `compute`: `NAME` sets the pipeline's default compute, `NODE=NAME` one node's compute.
+    """
+    from azure.ai.ml import load_job
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"Pipeline file {path} does not exist. Pass a pipeline YAML such as pipelines/finetune.yaml.")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if raw.get("type") != "pipeline":
+        raise UserError(f"{path} is not a pipeline job (type: {raw.get('type')!r}). Pass a `type: pipeline` YAML.")
+    params, problems = override_params(raw.get("inputs") or {}, sets, cwd)
+    jobs = raw.get("jobs") or {}
+    for item in compute:
+        node, sep, name = item.rpartition("=")
+        target = name if name.startswith("azureml:") else f"azureml:{name}"
+        if not name:
+            problems.append(f"--compute {item!r}: expected NAME or NODE=NAME")
+        elif not sep:
+            params.append({"settings.default_compute": target})
+        elif node not in jobs:
+            problems.append(f"--compute {item}: no node {node!r}; nodes: {', '.join(sorted(jobs))}")
+        else:
+            params.append({f"jobs.{node}.compute": target})
+    if experiment:
+        params.append({"experiment_name": experiment})
+    if problems:
+        raise UserError(f"Cannot apply the overrides to {path}.", problems=problems)
+    job = load_job(source=path, params_override=params)
+    result = job._validate()
+    if not result.passed:
+        problems = [f"{where}: {message}" for where, message in sorted(result.error_messages.items())]
+        raise UserError(f"{path} is not a valid Azure ML pipeline job.", problems=problems)
+    return job
+
+
+def components_of(job) -> dict:
+    """node name -> the node's component entity (components given by reference are skipped)."""
+    return {name: node.component for name, node in job.jobs.items() if not isinstance(node.component, str)}
+
+
+def pin_environments(job, envs: dict[str, ProjectEnvironment]) -> list[ProjectEnvironment]:
+    """Pin the pipeline's components onto the project environments; return the environments they use."""
+    return pin_components(components_of(job).values(), envs)
+
+
+def dry_run_payload(job, envs_used: list[ProjectEnvironment]) -> dict:
+    """What `submit` would send, built offline from the same azure-ai-ml objects.
+
+    - `environments`: the environment versions submit ensures exist (body of the PUT when they do not);
+    - `components`: per node, the component version body azure-ai-ml registers anonymously (its `code` is the
+      local folder that is snapshotted and uploaded; the service then names it azureml_anonymous/<hash>);
+    - `job`: the pipeline job body of the PUT .../jobs/<name>, each node's componentId standing for the
+      component above. Compute names are resolved to ARM ids by the SDK at submit time.
+    Consumes `job` (its nodes then refer to their components by placeholder id).
+    """
+    components = {}
+    for name, component in components_of(job).items():
+        body = component._to_rest_object().as_dict()
+        spec = body["properties"]["componentSpec"]
+        if isinstance(spec.get("code"), str) and not spec["code"].startswith(REMOTE_PREFIXES):
+            spec["code"] = str((Path(component.base_path) / spec["code"]).resolve())
+        components[name] = body
+        job.jobs[name]._component = f"anonymous:{name}"
+    return {
+        "environments": {env.name: {"version": env.version, "body": env.entity()._to_rest_object().as_dict()}
+                         for env in envs_used},
+        "components": components,
+        "job": job._to_rest_object().as_dict(),
+    }
+
+
+def submit(ml_client, job, envs_used: list[ProjectEnvironment], echo=print):
+    """Ensure the environments, then submit with `ml_client.jobs.create_or_update`; return the created job."""
+    for env in envs_used:
+        echo(f"environment {env.name}:{env.version}: {ensure_environment(ml_client, env)}")
+    return ml_client.jobs.create_or_update(job)
+
+
+def status(ml_client, name: str) -> dict:
+    """Status of a run and of its child steps (for a pipeline)."""
+    job = ml_client.jobs.get(name)
+    children = []
+    if job.type == "pipeline":
+        children = [{"name": child.name, "step": child.display_name, "status": child.status}
+                    for child in ml_client.jobs.list(parent_job_name=name)]
+    return {"name": job.name, "display_name": job.display_name, "status": job.status,
+            "experiment": job.experiment_name, "studio_url": job.studio_url, "steps": children}
+
+
+def logs(ml_client, name: str, follow: bool, echo=print) -> str:
+    """Stream the run's logs. Without `follow` a run still going is only reported (streaming would block)."""
+    job = ml_client.jobs.get(name)
+    if not follow and job.status not in TERMINAL:
+        echo(f"{name} is {job.status}; run `slmops logs {name} --follow` to stream its logs until it ends.")
+        echo(f"Studio: {job.studio_url}")
+        return job.status
+    ml_client.jobs.stream(name)
+    return ml_client.jobs.get(name).status
+
+
+def download(ml_client, name: str, output: str | None, to: Path) -> Path:
+    """Download one named output (or all outputs and logs) of a run into `to`."""
+    ml_client.jobs.download(name, download_path=str(to), output_name=output, all=output is None)
+    return Path(to)
+
+
+def cancel(ml_client, name: str) -> None:
+    """Cancel a run and wait until the service has accepted it."""
+    ml_client.jobs.begin_cancel(name).result()
