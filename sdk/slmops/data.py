@@ -481,6 +481,8 @@ def tokenize(examples: list[Example], tokenizer, *, max_seq_len: int, truncate: 
     nearest the answer is kept, and completion-only training keeps its whole target); only a completion that
     alone does not fit is cut at the end (then without eos, since the answer does not end there).
     """
+    if not examples:
+        return [], []
     eos = tokenizer.eos_token_id
     prompts = tokenizer([e.prompt for e in examples], add_special_tokens=add_special_tokens)["input_ids"]
     completions = tokenizer([e.completion for e in examples], add_special_tokens=False)["input_ids"]

@@ -129,6 +129,8 @@ def main(argv=None) -> dict:
         rows, problems = data.load_hub(args.dataset_name, args.dataset_split), []
     else:
         rows, problems, skipped = data.load_local(Path(args.data or args.data_dir), args.dataset_split)
+    if not rows and problems:
+        raise UserError("prep: no data could be read; nothing was written", problems=data.cap(problems))
     if args.max_rows:
         rows = rows[:args.max_rows]
     sha256 = data.content_hash(rows)
