@@ -143,7 +143,7 @@ def test_create_version_retries_a_busy_registry(store, monkeypatch, tmp_path, fa
     busy = _Busy(MlflowClient.create_model_version, fails)
     monkeypatch.setattr(MlflowClient, "create_model_version", lambda client, *a, **kw: busy(client, *a, **kw))
     slept = []
-    monkeypatch.setattr(registry.time, "sleep", slept.append)
+    monkeypatch.setattr(registry, "sleep", slept.append)
     before = len(registry.list_versions(uri, "tone"))
     if succeeds:
         mv = registry.create_version(uri, "tone", str(tmp_path), None, {}, attempts=attempts)
@@ -159,6 +159,6 @@ def test_create_version_retries_a_busy_registry(store, monkeypatch, tmp_path, fa
 def test_create_version_does_not_retry_other_errors(store, monkeypatch):
     from mlflow.exceptions import MlflowException
 
-    monkeypatch.setattr(registry.time, "sleep", lambda s: pytest.fail("slept on a non-retryable error"))
+    monkeypatch.setattr(registry, "sleep", lambda s: pytest.fail("slept on a non-retryable error"))
     with pytest.raises(MlflowException, match="not found|RESOURCE_DOES_NOT_EXIST|does not exist"):
         registry.create_version(store[0], "no-such-model", "/tmp", None, {})

@@ -21,7 +21,7 @@ import json
 import os
 import re
 import shutil
-import time
+from time import sleep
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,7 +198,7 @@ def create_version(tracking_uri: str, name: str, source: str, run_id: str | None
     last = None
     for attempt in range(attempts):
         if attempt:
-            time.sleep(backoff_s * 2 ** (attempt - 1))
+            sleep(backoff_s * 2 ** (attempt - 1))
         try:
             return c.create_model_version(name, source, run_id=run_id, tags=tags)
         except MlflowException as exc:

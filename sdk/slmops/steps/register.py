@@ -1,0 +1,283 @@
+"""Step `register`: check the quality gate, then register the fine-tuned model and its ONNX model in MLflow.
+
+The gate is checked first, from evaluate's metrics.json and optimize's optimize_report.json:
+  --min_accuracy        fine-tuned accuracy      >= min_accuracy
+  --min_gain            fine-tuned - base accuracy >= min_gain
+  --max_optimized_drop  accuracy lost in ONNX     <= max_optimized_drop
+A failed check fails the step (exit 3) naming every failed check with its numbers; nothing is registered.
+
+When it passes, both folders are logged unchanged as artifacts of the step's MLflow run and registered from
+there: the fine-tuned MLflow model as `<model_name>`, the ONNX Runtime GenAI folder as a plain artifact model
+`<model_name>-onnx`. Each version gets lineage tags, `gate=passed`, the gate checks (JSON) and `--alias`
+(default `candidate`). registration.json is written to --registration. The registry is MLFLOW_TRACKING_URI.
+
+    MLFLOW_TRACKING_URI=sqlite:///mlflow.db python -m slmops.steps.register \\
+        --model out/finetune/model --eval_metrics out/evaluate/metrics --train_data out/prep/output_data \\
+        --onnx_model out/optimize/onnx_model --optimize_report out/optimize/report \\
+        --model_name slmops-tone --min_accuracy 0.5 --min_gain 0 --max_optimized_drop 0.05 \\
+        --registration out/register/registration
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import slmops
+from slmops import registry, tracking
+from slmops.errors import GateFailed, UserError, run_main
+from slmops.io import atomic_dir, write_json
+
+_NAME_RE = re.compile(r"^[\w.\-]+$")
+_ALIAS_RE = re.compile(r"^[\w\-]+$")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m slmops.steps.register", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="finetune's model output (MLflow model folder with MLmodel)")
+    ap.add_argument("--eval_metrics", required=True, help="evaluate's metrics output (folder with metrics.json)")
+    ap.add_argument("--train_data", required=True, help="prep's output_data (folder with data_report.json)")
+    ap.add_argument("--onnx_model", help="optimize's onnx_model folder; registered as <model_name>-onnx")
+    ap.add_argument("--optimize_report", help="optimize's report output (folder with optimize_report.json)")
+    ap.add_argument("--base_model", help="base model folder the model was tuned from (recorded as lineage)")
+    ap.add_argument("--base_model_id", help="base model hub id (recorded as lineage; wins over --base_model)")
+    ap.add_argument("--model_name", default="slmops-model", help="registered model name (default: %(default)s)")
+    ap.add_argument("--min_accuracy", type=float, help="gate: minimum fine-tuned accuracy, 0..1")
+    ap.add_argument("--min_gain", type=float, help="gate: minimum fine-tuned minus base accuracy, -1..1")
+    ap.add_argument("--max_optimized_drop", type=float,
+                    help="gate: maximum accuracy lost by the ONNX model (optimize_report accuracy_drop), 0..1")
+    ap.add_argument("--alias", default="candidate", help="alias set on the new versions (default: %(default)s)")
+    ap.add_argument("--registration", required=True, help="output folder for registration.json")
+    return ap.parse_args(argv)
+
+
+def _read_json(folder: str | None, filename: str, flag: str, problems: list[str]) -> dict | None:
+    """Load `<folder>/<filename>`, or add a problem naming the flag and return None."""
+    if folder is None:
+        return None
+    path = Path(folder) / filename
+    if not path.is_file():
+        problems.append(f"--{flag} {folder!r}: no {filename} in it; pass the folder the producing step wrote")
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        problems.append(f"--{flag}: {path} is not valid JSON ({exc}); re-run the step that wrote it")
+        return None
+
+
+def _number(obj: dict | None, *keys: str):
+    """obj[k1][k2]... when it is a number, else None."""
+    for key in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj if isinstance(obj, (int, float)) and not isinstance(obj, bool) else None
+
+
+def validate(args: argparse.Namespace, tracking_uri: str | None) -> dict:
+    """Check every argument and input file; raise one UserError listing all problems. Returns the loaded
+    reports: {"metrics", "data_report", "optimize"} (optimize is None without --optimize_report)."""
+    problems: list[str] = []
+    if not tracking_uri:
+        problems.append("MLFLOW_TRACKING_URI is not set: register needs a model registry; set it, e.g. "
+                        "MLFLOW_TRACKING_URI=sqlite:///mlflow.db (the local runner and Azure ML set it)")
+    model = Path(args.model)
+    if not (model / "MLmodel").is_file():
+        problems.append(f"--model {args.model!r} is not an MLflow model folder (no MLmodel file); "
+                        f"pass finetune's model output")
+    if args.onnx_model is not None:
+        onnx = Path(args.onnx_model)
+        if not onnx.is_dir() or not any(onnx.rglob("*.onnx")):
+            problems.append(f"--onnx_model {args.onnx_model!r} is not a folder with an .onnx file; "
+                            f"pass optimize's onnx_model output")
+    if not _NAME_RE.match(args.model_name):
+        problems.append(f"--model_name {args.model_name!r}: use letters, digits, '.', '_' and '-' only")
+    if not _ALIAS_RE.match(args.alias) or args.alias == "latest" or re.fullmatch(r"[vV]\d+", args.alias):
+        problems.append(f"--alias {args.alias!r}: use letters, digits, '_' and '-' only; 'latest' and 'v<N>' "
+                        f"are reserved by MLflow")
+    for flag, low, high in (("min_accuracy", 0.0, 1.0), ("min_gain", -1.0, 1.0), ("max_optimized_drop", 0.0, 1.0)):
+        value = getattr(args, flag)
+        if value is not None and not low <= value <= high:
+            problems.append(f"--{flag} {value}: must be between {low} and {high}")
+
+    metrics = _read_json(args.eval_metrics, "metrics.json", "eval_metrics", problems)
+    data_report = _read_json(args.train_data, "data_report.json", "train_data", problems)
+    optimize = _read_json(args.optimize_report, "optimize_report.json", "optimize_report", problems)
+    if data_report is not None and not isinstance(data_report.get("sha256"), str):
+        problems.append(f"--train_data {args.train_data!r}: data_report.json has no sha256 (content hash); "
+                        f"re-run prep with this version of slmops")
+    if metrics is not None:
+        if args.min_accuracy is not None and _number(metrics, "finetuned", "accuracy") is None:
+            problems.append(f"--min_accuracy needs finetuned.accuracy in metrics.json, which has none "
+                            f"(task {metrics.get('task')!r}); drop --min_accuracy or evaluate a classification task")
+        if args.min_gain is not None and (_number(metrics, "finetuned", "accuracy") is None
+                                          or _number(metrics, "base", "accuracy") is None):
+            problems.append("--min_gain needs base.accuracy and finetuned.accuracy in metrics.json; "
+                            "evaluate with a base model on a classification task, or drop --min_gain")
+    if args.max_optimized_drop is not None:
+        if args.optimize_report is None:
+            problems.append("--max_optimized_drop needs --optimize_report (optimize's report output)")
+        elif optimize is not None and _number(optimize, "accuracy_drop") is None:
+            problems.append("--max_optimized_drop needs accuracy_drop in optimize_report.json, which has none; "
+                            "optimize a classification task, or drop --max_optimized_drop")
+    if problems:
+        raise UserError(f"register: {len(problems)} problem(s) with the inputs; nothing was registered",
+                        problems=problems)
+    return {"metrics": metrics, "data_report": data_report, "optimize": optimize}
+
+
+def gate_checks(args: argparse.Namespace, metrics: dict, optimize: dict | None) -> list[dict]:
+    """One entry per threshold given: name, value, threshold, passed, detail. Inputs were validated."""
+    checks = []
+    eps = 1e-9  # 0.7 - 0.6 is 0.0999..., which must pass min_gain 0.1
+    if args.min_accuracy is not None:
+        acc = _number(metrics, "finetuned", "accuracy")
+        checks.append({"name": "min_accuracy", "value": acc, "threshold": args.min_accuracy,
+                       "passed": acc >= args.min_accuracy - eps,
+                       "detail": f"fine-tuned accuracy {acc:.4f} >= {args.min_accuracy}"})
+    if args.min_gain is not None:
+        tuned, base = _number(metrics, "finetuned", "accuracy"), _number(metrics, "base", "accuracy")
+        gain = tuned - base
+        checks.append({"name": "min_gain", "value": gain, "threshold": args.min_gain,
+                       "passed": gain >= args.min_gain - eps,
+                       "detail": f"gain over base {gain:+.4f} (fine-tuned {tuned:.4f}, base {base:.4f}) "
+                                 f">= {args.min_gain}"})
+    if args.max_optimized_drop is not None:
+        drop = _number(optimize, "accuracy_drop")
+        onnx_acc, torch_acc = _number(optimize, "onnx", "accuracy"), _number(optimize, "pytorch", "accuracy")
+        checks.append({"name": "max_optimized_drop", "value": drop, "threshold": args.max_optimized_drop,
+                       "passed": drop <= args.max_optimized_drop + eps,
+                       "detail": f"accuracy drop after optimization {drop:.4f} (pytorch {torch_acc}, onnx "
+                                 f"{onnx_acc}, {optimize.get('precision')}) <= {args.max_optimized_drop}"})
+    return checks
+
+
+def _git_commit() -> str | None:
+    """The commit of the slmops source, when it runs from a git checkout (not from a code snapshot)."""
+    try:
+        out = subprocess.run(["git", "-C", str(Path(slmops.__file__).parent), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _base_model(args: argparse.Namespace) -> str:
+    """Base model for lineage: the hub id, else the folder given, else what the MLflow model records."""
+    if args.base_model_id:
+        return args.base_model_id
+    if args.base_model:
+        return str(args.base_model)
+    import yaml
+
+    flavor = (yaml.safe_load((Path(args.model) / "MLmodel").read_text()) or {}).get("flavors", {})
+    return str(flavor.get("transformers", {}).get("source_model_name") or "unknown")
+
+
+def _scalars(obj: dict | None, prefix: str) -> dict[str, str]:
+    """Flatten the scalar leaves of a report into tag-style keys: {"eval.finetuned.accuracy": "0.9", ...}."""
+    out: dict[str, str] = {}
+    for key, value in (obj or {}).items():
+        name = f"{prefix}.{key}"
+        if isinstance(value, dict):
+            out.update(_scalars(value, name))
+        elif isinstance(value, (str, int, float, bool)):
+            out[name] = str(value)
+    return out
+
+
+def lineage(args: argparse.Namespace, reports: dict) -> dict:
+    commit = _git_commit()
+    return {
+        "dataset_sha256": reports["data_report"]["sha256"],
+        "base_model": _base_model(args),
+        "code_version": f"{slmops.__version__}+g{commit[:12]}" if commit else slmops.__version__,
+        "git_commit": commit,
+        "pipeline_run_id": os.environ.get("AZUREML_ROOT_RUN_ID"),
+        "eval": _scalars(reports["metrics"], "eval"),
+        "optimize": _scalars(reports["optimize"], "optimize"),
+    }
+
+
+def version_tags(lin: dict, checks: list[dict], step_run_id: str) -> dict[str, str]:
+    """The tags every registered version carries: lineage, metrics, and the gate verdict."""
+    tags = {f"lineage.{k}": str(v) for k, v in lin.items() if v is not None and not isinstance(v, dict)}
+    tags["lineage.step_run_id"] = step_run_id
+    tags.update(lin["eval"])
+    tags.update(lin["optimize"])
+    tags[registry.GATE_TAG] = "passed"
+    tags[registry.GATE_CHECKS_TAG] = registry.tags_json(checks)
+    return tags
+
+
+def register_folder(tracking_uri: str, run_id: str, folder: str, artifact_path: str, name: str,
+                    tags: dict[str, str]):
+    """Log `folder` unchanged as run artifacts at `artifact_path`, then register that location as a version."""
+    tracking.log_artifacts(folder, artifact_path)
+    run_root = registry.client(tracking_uri).get_run(run_id).info.artifact_uri.rstrip("/")
+    registry.ensure_registered_model(tracking_uri, name)
+    return registry.create_version(tracking_uri, name, f"{run_root}/{artifact_path}", run_id, tags)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    reports = validate(args, tracking_uri)
+    checks = gate_checks(args, reports["metrics"], reports["optimize"])
+    failed = [c for c in checks if not c["passed"]]
+    lin = lineage(args, reports)
+
+    with tracking.step_run() as run:
+        tracking.set_tags({"gate": "failed" if failed else "passed",
+                           "gate.checks": registry.tags_json(checks)})
+        tracking.log_metrics({f"gate.{c['name']}": c["value"] for c in checks})
+        if failed:
+            raise GateFailed(f"quality gate failed ({len(failed)} of {len(checks)} checks); nothing registered",
+                             problems=[f"{c['name']}: NOT {c['detail']}" for c in failed])
+        if not checks:
+            print("register: no gate thresholds given (--min_accuracy/--min_gain/--max_optimized_drop); "
+                  "registering without a quality gate")
+
+        tags = version_tags(lin, checks, run.info.run_id)
+        onnx_name = f"{args.model_name}-onnx"
+        created: list[tuple[str, str]] = []
+        with atomic_dir(args.registration) as out:
+            try:
+                mv = register_folder(tracking_uri, run.info.run_id, args.model, "model", args.model_name, tags)
+                created.append((args.model_name, str(mv.version)))
+                onnx = None
+                if args.onnx_model:
+                    omv = register_folder(tracking_uri, run.info.run_id, args.onnx_model, "onnx_model", onnx_name,
+                                          {**tags, "finetuned_model": f"{args.model_name}/{mv.version}"})
+                    created.append((onnx_name, str(omv.version)))
+                    registry.client(tracking_uri).set_model_version_tag(
+                        args.model_name, str(mv.version), "onnx_model", f"{onnx_name}/{omv.version}")
+                    onnx = {"name": onnx_name, "version": str(omv.version)}
+                for name, version in created:
+                    registry.set_alias(tracking_uri, name, args.alias, version)
+            except BaseException:
+                for name, version in created:  # undo: a half-registered pair must not look like a candidate
+                    with contextlib.suppress(Exception):
+                        registry.delete_version(tracking_uri, name, version)
+                raise
+            result = {"name": args.model_name, "version": str(mv.version), "alias": args.alias, "onnx": onnx,
+                      "gate": {"passed": True, "checks": checks}, "lineage": {**lin, "step_run_id": run.info.run_id},
+                      "tracking_uri": tracking_uri}
+            write_json(out / "registration.json", result)
+        tracking.set_tags({"registered_model": f"{args.model_name}/{mv.version}"})
+
+    onnx_text = f"; ONNX: {onnx['name']} version {onnx['version']}" if onnx else ""
+    print(f"register: {args.model_name} version {mv.version} @{args.alias}{onnx_text}; gate passed "
+          f"({len(checks)} checks)")
+    return result
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,246 @@
+"""The register step: quality gate first, then both models registered with lineage tags and the alias.
+
+Inputs are small hand-written reports and folders (register only reads them and copies the folders), so
+every gate case is explicit; tests/steps/test_contracts.py runs it on the real pipeline outputs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import slmops
+from slmops import registry
+from slmops.errors import GateFailed, UserError, run_main
+from slmops.steps import register
+
+SHA = "ab" * 32
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A sqlite tracking + registry store and an experiment whose artifacts stay in the temp folder."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
+    experiment_id = registry.client(uri).create_experiment("register-tests", artifact_location=str(root / "art"))
+    return uri, experiment_id
+
+
+@pytest.fixture
+def env(store, monkeypatch):
+    uri, experiment_id = store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
+    monkeypatch.setenv("AZUREML_ROOT_RUN_ID", "pipeline-run-42")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    return uri
+
+
+def write_inputs(root, *, tuned=0.9, base=0.2, onnx_acc=0.88, drop=0.02):
+    """Folders as finetune/evaluate/prep/optimize write them; returns {flag: path}."""
+    model = root / "model"
+    (model / "model").mkdir(parents=True)
+    (model / "components" / "tokenizer").mkdir(parents=True)
+    (model / "MLmodel").write_text("flavors:\n  transformers:\n    source_model_name: /models/tiny-llama\n")
+    (model / "model" / "model.safetensors").write_bytes(bytes(range(256)) * 8)
+    (model / "components" / "tokenizer" / "tokenizer.json").write_text('{"vocab": {}}')
+    onnx = root / "onnx_model"
+    onnx.mkdir()
+    (onnx / "model.onnx").write_bytes(b"\x08\x07onnx" * 100)
+    (onnx / "genai_config.json").write_text('{"model": {}}')
+    metrics, data, report = root / "metrics", root / "data", root / "report"
+    for d in (metrics, data, report):
+        d.mkdir()
+    (metrics / "metrics.json").write_text(json.dumps({
+        "task": "classification", "n": 60,
+        "base": {"accuracy": base, "macro_f1": base / 2, "confusion_matrix": [[1, 0], [0, 1]]},
+        "finetuned": {"accuracy": tuned, "macro_f1": tuned - 0.01, "labels": ["a", "b"]},
+        "delta": {"accuracy": tuned - base}, "overfitting": {"warning": False, "detail": "ok"}}))
+    (data / "data_report.json").write_text(json.dumps({"sha256": SHA, "rows": {"train": 540}}))
+    (report / "optimize_report.json").write_text(json.dumps({
+        "precision": "int4", "execution_provider": "cpu", "speedup": 18.5, "accuracy_drop": drop,
+        "onnx": {"accuracy": onnx_acc, "tokens_per_s": 4800.0, "size_mb": 3.1},
+        "pytorch": {"accuracy": onnx_acc + drop, "tokens_per_s": 260.0}}))
+    return {"model": model, "onnx_model": onnx, "eval_metrics": metrics, "train_data": data,
+            "optimize_report": report}
+
+
+def argv(paths, out, name, **extra):
+    args = [f"--{k}={v}" for k, v in paths.items()] + [f"--model_name={name}", f"--registration={out}"]
+    return args + [f"--{k}={v}" for k, v in extra.items()]
+
+
+GATE = {"min_accuracy": 0.5, "min_gain": 0.1, "max_optimized_drop": 0.05}
+
+
+def _files(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_passing_gate_registers_both_models_with_lineage_and_alias(env, tmp_path, capsys):
+    paths = write_inputs(tmp_path / "in")
+    out = tmp_path / "registration"
+    result = register.main(argv(paths, out, "tone-pass", **GATE))
+
+    assert json.loads((out / "registration.json").read_text()) == json.loads(json.dumps(result))
+    assert (result["name"], result["version"], result["alias"]) == ("tone-pass", "1", "candidate")
+    assert result["onnx"] == {"name": "tone-pass-onnx", "version": "1"}
+    assert result["gate"]["passed"] and [c["name"] for c in result["gate"]["checks"]] == list(GATE)
+    assert "tone-pass version 1 @candidate; ONNX: tone-pass-onnx version 1" in capsys.readouterr().out
+
+    for name, folder in (("tone-pass", paths["model"]), ("tone-pass-onnx", paths["onnx_model"])):
+        mv = registry.get_version(env, registry.ModelRef(name, alias="candidate"))
+        assert str(mv.version) == "1"
+        tags = mv.tags
+        assert tags["gate"] == "passed"
+        assert [c["passed"] for c in json.loads(tags["gate.checks"])] == [True, True, True]
+        assert tags["lineage.dataset_sha256"] == SHA
+        assert tags["lineage.base_model"] == "/models/tiny-llama"  # from the MLmodel, no --base_model given
+        assert tags["lineage.code_version"].startswith(slmops.__version__)
+        assert tags["lineage.pipeline_run_id"] == "pipeline-run-42"
+        assert tags["lineage.step_run_id"] == mv.run_id
+        assert float(tags["eval.finetuned.accuracy"]) == 0.9
+        assert float(tags["eval.base.accuracy"]) == 0.2
+        assert "eval.base.confusion_matrix" not in tags  # lists stay in metrics.json
+        assert float(tags["optimize.accuracy_drop"]) == 0.02
+        assert tags["optimize.precision"] == "int4"
+        # The registered files are the step's inputs, byte for byte.
+        got = registry.resolve(f"models:/{name}@candidate", tracking_uri=env, cache_dir=tmp_path / "cache")
+        assert _files(got) == _files(folder)
+    assert registry.version_tags(env, "tone-pass", "1")["onnx_model"] == "tone-pass-onnx/1"
+    assert registry.version_tags(env, "tone-pass-onnx", "1")["finetuned_model"] == "tone-pass/1"
+    registry.require_gate_passed(env, "tone-pass", "1")
+
+
+def test_second_registration_moves_the_alias_and_base_model_id_wins(env, tmp_path):
+    paths = write_inputs(tmp_path / "in")
+    del paths["onnx_model"]
+    for i in (1, 2):
+        result = register.main(argv(paths, tmp_path / f"reg{i}", "tone-twice", alias="staging",
+                                    base_model_id="microsoft/Phi-3.5-mini-instruct"))
+        assert result["version"] == str(i) and result["onnx"] is None and result["gate"]["checks"] == []
+    assert [(v["version"], v["aliases"]) for v in registry.list_versions(env, "tone-twice")] == \
+        [("1", []), ("2", ["staging"])]
+    assert registry.version_tags(env, "tone-twice", "2")["lineage.base_model"] == "microsoft/Phi-3.5-mini-instruct"
+    assert registry.list_versions(env, "tone-twice-onnx") == []
+
+
+@pytest.mark.parametrize("metrics, gate, failed", [
+    (dict(tuned=0.45), {"min_accuracy": 0.5}, ["min_accuracy: NOT fine-tuned accuracy 0.4500 >= 0.5"]),
+    (dict(tuned=0.6, base=0.55), {"min_gain": 0.1},
+     ["min_gain: NOT gain over base +0.0500 (fine-tuned 0.6000, base 0.5500) >= 0.1"]),
+    (dict(drop=0.08), {"max_optimized_drop": 0.05},
+     ["max_optimized_drop: NOT accuracy drop after optimization 0.0800"]),
+    (dict(tuned=0.3, base=0.3, drop=0.2), GATE, ["min_accuracy: NOT", "min_gain: NOT", "max_optimized_drop: NOT"]),
+])
+def test_failing_gate_exits_3_names_every_failed_check_and_registers_nothing(env, tmp_path, capsys, metrics, gate,
+                                                                           failed):
+    name = f"tone-fail-{len(failed)}-{sorted(gate)[0]}"
+    paths = write_inputs(tmp_path / "in", **metrics)
+    out = tmp_path / "registration"
+    with pytest.raises(SystemExit) as exc:
+        run_main(register.main, argv(paths, out, name, **gate))
+    assert exc.value.code == 3
+    err = capsys.readouterr().err
+    assert f"quality gate failed ({len(failed)} of {len(gate)} checks); nothing registered" in err
+    for line in failed:
+        assert line in err
+    assert not out.exists()
+    assert registry.list_versions(env, name) == [] and registry.list_versions(env, f"{name}-onnx") == []
+
+
+def test_gain_at_exactly_the_threshold_passes(env, tmp_path):
+    """0.7 - 0.6 is 0.09999... in floating point; the gate compares with a tolerance."""
+    paths = write_inputs(tmp_path / "in", tuned=0.7, base=0.6)
+    result = register.main(argv(paths, tmp_path / "reg", "tone-edge", min_gain=0.1, min_accuracy=0.7))
+    assert [c["passed"] for c in result["gate"]["checks"]] == [True, True]
+
+
+@pytest.mark.parametrize("change, extra, problems", [
+    ("no_mlmodel", {}, ["is not an MLflow model folder"]),
+    ("no_onnx_file", {}, ["is not a folder with an .onnx file"]),
+    ("no_report", {"max_optimized_drop": 0.05}, ["--max_optimized_drop needs --optimize_report"]),
+    ("no_sha", {}, ["data_report.json has no sha256"]),
+    ("bad_json", {}, ["metrics.json is not valid JSON"]),
+    ("no_base", {"min_gain": 0.0}, ["--min_gain needs base.accuracy"]),
+    (None, {"min_accuracy": 1.5, "alias": "latest", "model_name": "a/b"},
+     ["--min_accuracy 1.5: must be between 0.0 and 1.0", "--alias 'latest'", "--model_name 'a/b'"]),
+    ("no_uri", {}, ["MLFLOW_TRACKING_URI is not set"]),
+])
+def test_bad_inputs_exit_2_with_every_problem_and_write_nothing(env, tmp_path, monkeypatch, capsys, change, extra,
+                                                               problems):
+    paths = write_inputs(tmp_path / "in")
+    if change == "no_mlmodel":
+        (paths["model"] / "MLmodel").unlink()
+    elif change == "no_onnx_file":
+        (paths["onnx_model"] / "model.onnx").unlink()
+    elif change == "no_report":
+        del paths["optimize_report"]
+    elif change == "no_sha":
+        (paths["train_data"] / "data_report.json").write_text("{}")
+    elif change == "bad_json":
+        (paths["eval_metrics"] / "metrics.json").write_text("{not json")
+    elif change == "no_base":
+        (paths["eval_metrics"] / "metrics.json").write_text(json.dumps({"task": "classification",
+                                                                       "finetuned": {"accuracy": 0.9}}))
+    elif change == "no_uri":
+        monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    out = tmp_path / "registration"
+    with pytest.raises(SystemExit) as exc:
+        run_main(register.main, argv(paths, out, extra.pop("model_name", "tone-bad"), **extra))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"register: {len(problems)} problem(s)" in err
+    for p in problems:
+        assert p in err
+    assert not out.exists()
+    assert registry.list_versions(env, "tone-bad") == []
+
+
+def test_busy_registry_is_retried(env, tmp_path, monkeypatch):
+    """The sqlite store gives up on a version-number race after 3 tries; the step retries with backoff."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    real, calls, slept = MlflowClient.create_model_version, [], []
+
+    def busy_twice(client, name, *args, **kwargs):
+        calls.append(name)
+        if len(calls) <= 2:
+            raise MlflowException(f"Model Version creation error (name={name}). Giving up after 3 attempts.")
+        return real(client, name, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "create_model_version", busy_twice)
+    monkeypatch.setattr(registry, "sleep", slept.append)
+    result = register.main(argv(write_inputs(tmp_path / "in"), tmp_path / "reg", "tone-busy"))
+    assert (result["version"], result["onnx"]["version"]) == ("1", "1")
+    assert calls == ["tone-busy"] * 3 + ["tone-busy-onnx"] and slept == [0.5, 1.0]
+
+
+def test_registry_busy_past_retries_undoes_the_first_model(env, tmp_path, monkeypatch):
+    """The fine-tuned version is created, the ONNX one never gets through: the step fails with the fix and
+    leaves no half-registered candidate behind."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    real = MlflowClient.create_model_version
+
+    def onnx_always_busy(client, name, *args, **kwargs):
+        if name.endswith("-onnx"):
+            raise MlflowException(f"Model Version creation error (name={name}). Giving up after 3 attempts.")
+        return real(client, name, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "create_model_version", onnx_always_busy)
+    monkeypatch.setattr(registry, "sleep", lambda s: None)
+    out = tmp_path / "reg"
+    with pytest.raises(UserError, match="registry stayed busy through 5 attempts.*MLflow server"):
+        register.main(argv(write_inputs(tmp_path / "in"), out, "tone-undo", **GATE))
+    assert registry.list_versions(env, "tone-undo") == []
+    assert not out.exists()
+
+
+def test_gate_failure_is_a_gate_error_in_process(env, tmp_path):
+    with pytest.raises(GateFailed) as exc:
+        register.main(argv(write_inputs(tmp_path / "in", tuned=0.1), tmp_path / "r", "tone-x", min_accuracy=0.2))
+    assert exc.value.exit_code == 3 and exc.value.problems == ["min_accuracy: NOT fine-tuned accuracy 0.1000 >= 0.2"]
