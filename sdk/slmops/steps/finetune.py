@@ -1,0 +1,273 @@
+"""Fine-tune a causal LM on prep's output: full, LoRA, QLoRA (4-bit NF4) or DoRA, with TRL's SFTTrainer.
+
+    python -m slmops.steps.finetune --train_data prep_out/ --base_model ./tiny-llama --method lora \\
+        --learning_rate 1e-3 --max_steps 100 --batch_size 16 \\
+        --adapter out/adapter --model out/model --metrics out/metrics --checkpoints out/checkpoints
+
+    torchrun --nproc_per_node 2 -m slmops.steps.finetune ...      # same code, several processes
+
+Flow: parse -> validate (every problem reported at once) -> load model and data -> train -> save outputs.
+- Loss on completion tokens only (prompt tokens get label -100) unless --completion_only_loss false.
+- Batching: `padding_free` (default; examples concatenated, position_ids restart per example, no attention
+  mask and no KV cache, so attention stays inside each example), `packing` (best-fit packing into rows no longer
+  than the longest example, same isolation) or `padding` (dynamic padding to the longest in the batch).
+- Precision from the hardware (`auto`: bf16 on GPUs with it, fp16 on older GPUs, fp32 on CPU).
+- Evaluates on validation.jsonl every --eval_steps, stops early after --early_stopping_patience evaluations
+  without a better eval_loss, checkpoints every --save_steps into --checkpoints and resumes from the latest
+  `checkpoint-N` there when the step is restarted.
+- Outputs (rank 0 only, each written atomically): --adapter (PEFT folder), --model (merged model as an MLflow
+  `transformers` model), --metrics (train_history.json, train_summary.json). Metrics go to the MLflow run
+  named by MLFLOW_RUN_ID when set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from slmops import tracking
+from slmops.errors import UserError, run_main
+from slmops.io import atomic_dir, write_json
+from slmops.models import TINY_MARKER, load_causal_lm, load_tokenizer, resolve
+from slmops.training import (DEEPSPEED_CONFIGS, choose_precision, hardware, latest_checkpoint, metrics_callback,
+                             read_prepared, save_mlflow_transformers, to_dataset)
+
+METHODS = ["full", "lora", "qlora", "dora"]
+BATCHING = ["padding_free", "packing", "padding"]
+SCHEDULERS = ["cosine", "linear", "constant", "constant_with_warmup"]
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean; use true or false")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m slmops.steps.finetune", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train_data", required=True, help="prep's output_data folder (train.jsonl, validation.jsonl)")
+    ap.add_argument("--base_model", help="base model folder (Hugging Face or MLflow transformers layout)")
+    ap.add_argument("--base_model_id", help="base model hub id (used when --base_model is not given)")
+    ap.add_argument("--method", default="lora", help=f"one of {METHODS}")
+    ap.add_argument("--lora_r", type=int, default=16, help="LoRA rank (>= 1)")
+    ap.add_argument("--lora_alpha", type=float, default=32, help="LoRA scaling alpha")
+    ap.add_argument("--lora_dropout", type=float, default=0.05, help="dropout on the LoRA path, 0..0.9")
+    ap.add_argument("--target_modules", default="all-linear", help="comma-separated module names, or all-linear")
+    ap.add_argument("--modules_to_save", help="comma-separated modules trained fully and saved with the adapter")
+    ap.add_argument("--learning_rate", type=float, default=2e-4, help="peak learning rate")
+    ap.add_argument("--lr_scheduler", default="cosine", help=f"one of {SCHEDULERS}")
+    ap.add_argument("--warmup_ratio", type=float, default=0.03, help="fraction of steps for linear warm-up, 0..0.5")
+    ap.add_argument("--num_epochs", type=float, default=1, help="epochs (ignored when --max_steps > 0)")
+    ap.add_argument("--max_steps", type=int, default=-1, help="optimizer steps (-1 = use --num_epochs)")
+    ap.add_argument("--batch_size", type=int, default=8, help="examples per device per step")
+    ap.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer step")
+    ap.add_argument("--gradient_checkpointing", type=_bool, default=False, help="recompute activations (true/false)")
+    ap.add_argument("--precision", default="auto", help="auto, fp32, fp16 or bf16")
+    ap.add_argument("--batching", default="padding_free", help=f"one of {BATCHING}")
+    ap.add_argument("--completion_only_loss", type=_bool, default=True, help="loss on completion tokens only")
+    ap.add_argument("--eval_steps", type=int, default=50, help="evaluate every N steps (0 = never)")
+    ap.add_argument("--save_steps", type=int, default=50, help="checkpoint every N steps (0 = never)")
+    ap.add_argument("--logging_steps", type=int, default=10, help="log metrics every N steps")
+    ap.add_argument("--early_stopping_patience", type=int, default=0,
+                    help="stop after N evaluations without a lower eval_loss (0 = off)")
+    ap.add_argument("--deepspeed", default="none", help="none, zero2 or zero3 (config shipped in slmops/deepspeed)")
+    ap.add_argument("--seed", type=int, default=42, help="seed for weights init, data order and dropout")
+    ap.add_argument("--adapter", required=True, help="output: PEFT adapter folder")
+    ap.add_argument("--model", required=True, help="output: merged model, MLflow transformers layout")
+    ap.add_argument("--metrics", required=True, help="output: train_history.json and train_summary.json")
+    ap.add_argument("--checkpoints", required=True, help="output: checkpoints; resumed from when present")
+    return ap
+
+
+def validate(args) -> None:
+    """Check every argument and the inputs on disk; raise one UserError listing every problem."""
+    problems = []
+    data = Path(args.train_data)
+    for name in ("train.jsonl", "validation.jsonl"):
+        if not (data / name).is_file():
+            problems.append(f"--train_data {str(data)!r} has no {name}; pass prep's output_data folder")
+    if not args.base_model and not args.base_model_id:
+        problems.append("no base model: pass --base_model FOLDER or --base_model_id ORG/NAME")
+    if args.base_model:
+        try:
+            resolve(args.base_model)
+        except UserError as exc:
+            problems.append(f"--base_model: {exc}")
+    choices = {"method": METHODS, "batching": BATCHING, "lr_scheduler": SCHEDULERS,
+               "precision": ["auto", "fp32", "fp16", "bf16"], "deepspeed": ["none", *DEEPSPEED_CONFIGS]}
+    for name, allowed in choices.items():
+        if getattr(args, name) not in allowed:
+            problems.append(f"--{name} {getattr(args, name)!r} is not one of {allowed}")
+    minimums = {"lora_r": 1, "batch_size": 1, "gradient_accumulation_steps": 1, "logging_steps": 1,
+                "eval_steps": 0, "save_steps": 0, "early_stopping_patience": 0}
+    for name, low in minimums.items():
+        if getattr(args, name) < low:
+            problems.append(f"--{name} {getattr(args, name)} must be >= {low}")
+    if not 0.0 <= args.lora_dropout <= 0.9:
+        problems.append(f"--lora_dropout {args.lora_dropout} must be between 0 and 0.9")
+    if not 0.0 <= args.warmup_ratio <= 0.5:
+        problems.append(f"--warmup_ratio {args.warmup_ratio} must be between 0 and 0.5")
+    if args.learning_rate <= 0:
+        problems.append(f"--learning_rate {args.learning_rate} must be > 0")
+    if args.max_steps <= 0 and args.num_epochs <= 0:
+        problems.append(f"--max_steps {args.max_steps} and --num_epochs {args.num_epochs}: give max_steps > 0 or "
+                        "num_epochs > 0")
+    if args.max_steps == 0 or args.max_steps < -1:
+        problems.append(f"--max_steps {args.max_steps} must be -1 (use num_epochs) or > 0")
+    if args.early_stopping_patience > 0:
+        if args.eval_steps == 0:
+            problems.append("--early_stopping_patience needs evaluations: set --eval_steps > 0")
+        elif args.save_steps == 0 or args.save_steps % args.eval_steps:
+            problems.append(f"--early_stopping_patience needs --save_steps ({args.save_steps}) to be a multiple of "
+                            f"--eval_steps ({args.eval_steps}) so the best checkpoint is kept")
+    if args.method == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
+        problems.append("--method qlora needs bitsandbytes: pip install 'slmops[qlora]' (or use --method lora)")
+    if args.deepspeed != "none" and importlib.util.find_spec("deepspeed") is None:
+        problems.append(f"--deepspeed {args.deepspeed} needs the deepspeed package (GPU image): "
+                        "pip install 'slmops[deepspeed]', or pass --deepspeed none")
+    if problems:
+        raise UserError("finetune: invalid arguments", problems=problems)
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    validate(args)
+    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    precision = choose_precision(args.precision, **hardware())
+    # An absolute path, so the adapter's base_model_name_or_path (and the MLflow model's source) still resolve
+    # from another working directory; a hub id stays as given.
+    base_ref = str(Path(args.base_model).resolve()) if args.base_model else args.base_model_id
+    peft_method = args.method != "full"
+    checkpoints = Path(args.checkpoints)
+    resume_from = latest_checkpoint(checkpoints)
+
+    import torch
+    from transformers import BitsAndBytesConfig, EarlyStoppingCallback
+    from trl import SFTConfig, SFTTrainer
+
+    # ---- data (validated against the prep contract) -----------------------------------------------------
+    train_rows = read_prepared(Path(args.train_data) / "train.jsonl")
+    eval_rows = read_prepared(Path(args.train_data) / "validation.jsonl")
+    train_ds = to_dataset(train_rows, args.completion_only_loss)
+    eval_ds = to_dataset(eval_rows, args.completion_only_loss)
+    longest = max(len(r["input_ids"]) for r in train_rows)
+
+    # ---- model: base (4-bit NF4 for qlora), then the adapter --------------------------------------------
+    tokenizer = load_tokenizer(base_ref)
+    compute_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    quantization = None
+    if args.method == "qlora":
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                          bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype)
+    torch.manual_seed(args.seed)
+    model = load_causal_lm(base_ref, dtype=torch.float32 if quantization is None else compute_dtype,
+                           quantization_config=quantization)
+    model.config.use_cache = False  # no KV cache in training: packed examples must not attend to each other
+    if args.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
+    if peft_method:
+        from peft import LoraConfig, get_peft_model
+
+        targets = args.target_modules if args.target_modules == "all-linear" else args.target_modules.split(",")
+        lora = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                          target_modules=targets, use_dora=args.method == "dora", task_type="CAUSAL_LM",
+                          modules_to_save=args.modules_to_save.split(",") if args.modules_to_save else None)
+        model = get_peft_model(model, lora)
+
+    # ---- trainer -----------------------------------------------------------------------------------------
+    evaluating = args.eval_steps > 0
+    early_stopping = args.early_stopping_patience > 0
+    config = SFTConfig(
+        output_dir=str(checkpoints),
+        seed=args.seed, data_seed=args.seed,
+        learning_rate=args.learning_rate, lr_scheduler_type=args.lr_scheduler, warmup_steps=args.warmup_ratio,
+        num_train_epochs=args.num_epochs, max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        activation_checkpointing=args.gradient_checkpointing,  # new name of gradient_checkpointing (TRL: default on)
+        bf16=precision == "bf16", fp16=precision == "fp16",  # SFTConfig defaults bf16=True: always set both
+        padding_free=args.batching in ("padding_free", "packing"),
+        packing=args.batching == "packing", packing_strategy="bfd",
+        max_length=longest if args.batching == "packing" else None,  # padding-free without packing needs None
+        completion_only_loss=args.completion_only_loss,
+        eval_strategy="steps" if evaluating else "no", eval_steps=args.eval_steps or None,
+        save_strategy="steps" if args.save_steps else "no", save_steps=args.save_steps or None,
+        load_best_model_at_end=early_stopping, metric_for_best_model="eval_loss" if early_stopping else None,
+        greater_is_better=False if early_stopping else None,
+        logging_steps=args.logging_steps, logging_first_step=True, report_to="none", disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding" if args.batching == "padding" else "all",
+        ddp_find_unused_parameters=False, dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
+        deepspeed=str(DEEPSPEED_CONFIGS[args.deepspeed]) if args.deepspeed != "none" else None,
+    )
+    metrics = metrics_callback()
+    callbacks = [metrics]
+    if early_stopping:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience))
+    trainer = SFTTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds if evaluating else None,
+                         processing_class=tokenizer, callbacks=callbacks)
+
+    # ---- train (resuming from the latest checkpoint a previous attempt left) -----------------------------
+    params = {k: v for k, v in vars(args).items() if k not in ("adapter", "model", "metrics", "checkpoints")}
+    with tracking.step_run():
+        tracking.log_params({**params, "precision_chosen": precision, "world_size": world_size,
+                             "resumed_from": resume_from.name if resume_from else None})
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        final_eval = trainer.evaluate() if evaluating else {}
+        # Every rank takes part in saving (ZeRO-3 gathers the weights); only the main process writes.
+        final = checkpoints / "final"
+        trainer.save_model(str(final))
+        trainer.accelerator.wait_for_everyone()
+        if rank != 0:
+            return
+
+        # ---- outputs (rank 0): adapter, merged MLflow model, metrics -------------------------------------
+        history = trainer.state.log_history
+        losses = [h["loss"] for h in history if "loss" in h]
+        summary = {
+            "method": args.method, "precision": precision, "batching": args.batching, "world_size": world_size,
+            "base_model": base_ref, "global_step": trainer.state.global_step,
+            "resumed_from": resume_from.name if resume_from else None,
+            "tokens_seen": metrics.tokens_seen, "tokens_this_attempt": metrics.tokens_this_attempt,
+            "train_seconds": round(metrics.train_seconds, 3),
+            "tokens_per_s": round(metrics.tokens_this_attempt / max(metrics.train_seconds, 1e-9), 1),
+            "train_loss": result.training_loss, "final_loss": losses[-1] if losses else None,
+            "final_eval_loss": final_eval.get("eval_loss"),
+            "best_eval_loss": trainer.state.best_metric if early_stopping else None,
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        }
+        with atomic_dir(args.adapter) as tmp:
+            if peft_method:
+                for f in final.iterdir():
+                    if f.is_file() and (f.name.startswith("adapter_") or f.name == "README.md"):
+                        shutil.copy(f, tmp / f.name)
+            else:
+                (tmp / "README.md").write_text(
+                    "# No adapter\n\nThis model was trained with `--method full`: every weight changed, so there is "
+                    "no PEFT adapter. Use the `model` output (the fine-tuned model as an MLflow model).\n")
+        with atomic_dir(args.model) as tmp:
+            if peft_method:  # fold the adapter into a full-precision copy of the base (also right for qlora)
+                merged = load_causal_lm(args.adapter, dtype=torch.float32, merge_adapter=True)
+            else:
+                merged = load_causal_lm(final, dtype=torch.float32)
+            merged.name_or_path = merged.config.name_or_path = base_ref  # the lineage MLflow records
+            tiny_marker = Path(resolve(base_ref).weights) / TINY_MARKER if resolve(base_ref).is_local else None
+            save_mlflow_transformers(merged, tokenizer, tmp, tiny_marker=tiny_marker)
+        with atomic_dir(args.metrics) as tmp:
+            write_json(tmp / "train_history.json", history)
+            write_json(tmp / "train_summary.json", summary)
+        tracking.log_metrics({k: v for k, v in summary.items() if k in ("tokens_per_s", "tokens_seen")})
+        print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    run_main(main)
