@@ -171,9 +171,11 @@ def plot_confusion(path: Path, labels: list[str], matrix: list[list[int]], title
     ax.set_xlabel("predicted")
     ax.set_ylabel("reference")
     ax.set_title(title)
+    darkest = max(max(row) for row in matrix)
     for i, row in enumerate(matrix):
         for j, count in enumerate(row):
-            ax.text(j, i, str(count), ha="center", va="center", fontsize=8)
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
+                    color="white" if count > darkest / 2 else "black")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,0 +1,228 @@
+"""optimize: build an ONNX Runtime GenAI model from the merged model and measure it against PyTorch.
+
+    python -m slmops.steps.optimize --model finetune_model/ --test_data prep_out/ --precision int4 \
+        --execution_provider cpu --onnx_model onnx_out/ --report report_out/
+
+1. Build with ORT GenAI's model builder (`python -m onnxruntime_genai.models.builder -i <hf dir> -o <out>
+   -p <precision> -e <provider> -c <cache>`, run as a subprocess with its output captured) from the model's
+   local Hugging Face folder; the tokenizer files and chat template are copied beside it so `og.Tokenizer`
+   and serving work from that folder alone.
+2. Task accuracy on the held-out data (greedy, batched) with ORT GenAI and with PyTorch on the same merged
+   model; for `generation` the score is ROUGE-L (`accuracy_metric` says which).
+3. Decode speed: `speed_prompts` prompts one at a time x exactly `speed_tokens` new tokens (greedy, the
+   end-of-sequence token suppressed until then), for both runtimes, after one warm-up prompt each.
+Writes the ORT GenAI model folder to `--onnx_model` and `optimize_report.json` to `--report`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from slmops import generation, metrics, models, tracking
+from slmops.errors import UserError, run_main
+from slmops.io import atomic_dir, write_json
+
+PRECISIONS = ["fp32", "int8", "int4"]
+PROVIDERS = ["cpu", "cuda", "dml"]
+TASKS = ["classification", "generation"]
+BATCH_SIZE = 16  # prompts per generation call when measuring accuracy
+# The runtime a provider needs, and how to get it (pyproject extras).
+PROVIDER_RUNTIME = {
+    "cuda": ("is_cuda_available", "pip install 'slmops[cuda]' (onnxruntime-genai-cuda, Linux with an NVIDIA GPU)"),
+    "dml": ("is_dml_available", "pip install 'slmops[directml]' (onnxruntime-genai-directml; Windows only)"),
+}
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="the merged model: MLflow model folder or Hugging Face folder")
+    ap.add_argument("--test_data", required=True, help="prep's output_data folder; validation.jsonl is scored")
+    ap.add_argument("--precision", default="int4", choices=PRECISIONS, help="ONNX weight precision")
+    ap.add_argument("--execution_provider", default="cpu", choices=PROVIDERS, help="ONNX Runtime execution provider")
+    ap.add_argument("--task", default="classification", choices=TASKS, help="how accuracy is scored")
+    ap.add_argument("--max_new_tokens", type=int, default=16, help="greedy decoding length limit for accuracy (>= 1)")
+    ap.add_argument("--max_samples", type=int, default=200, help="score at most N held-out examples (0 = all)")
+    ap.add_argument("--speed_prompts", type=int, default=20, help="prompts timed for decode speed (>= 1)")
+    ap.add_argument("--speed_tokens", type=int, default=64, help="new tokens generated per timed prompt (>= 1)")
+    ap.add_argument("--onnx_model", required=True, help="output folder for the ORT GenAI model")
+    ap.add_argument("--report", required=True, help="output folder for optimize_report.json")
+    return ap.parse_args(argv)
+
+
+def validate(args) -> tuple[models.ModelSource, list[dict]]:
+    """Check every argument and read the inputs; raise one UserError listing every problem."""
+    import onnxruntime_genai as og
+
+    problems = []
+    for flag in ["max_new_tokens", "speed_prompts", "speed_tokens"]:
+        if getattr(args, flag) < 1:
+            problems.append(f"--{flag} {getattr(args, flag)}: must be >= 1")
+    if args.max_samples < 0:
+        problems.append(f"--max_samples {args.max_samples}: must be >= 0 (0 = all)")
+    if args.execution_provider in PROVIDER_RUNTIME:
+        check, install = PROVIDER_RUNTIME[args.execution_provider]
+        if not getattr(og, check)():
+            problems.append(f"--execution_provider {args.execution_provider}: this ONNX Runtime GenAI build has no "
+                            f"{args.execution_provider} support; {install}, or use --execution_provider cpu")
+    source = None
+    try:
+        source = models.resolve(args.model)
+        if not source.is_local:
+            problems.append(f"--model {args.model!r}: the model builder needs a local folder; pass finetune's "
+                            "model output (or download the hub model first)")
+        elif source.adapter:
+            problems.append(f"--model {args.model!r} is an adapter; pass the merged model (finetune's model output)")
+    except UserError as exc:
+        problems.append(f"--model: {exc}")
+    rows = []
+    try:
+        rows = generation.read_examples(args.test_data, args.max_samples)
+    except UserError as exc:
+        problems.append(f"--test_data: {exc}")
+    if problems:
+        raise UserError("optimize: invalid arguments", problems=problems)
+    return source, rows
+
+
+def stage_hf_folder(source: models.ModelSource, folder: Path) -> Path:
+    """The builder reads weights and tokenizer from one folder: link both there (MLflow keeps them apart)."""
+    folder.mkdir(parents=True)
+    for src_dir in [Path(source.tokenizer), Path(source.weights)]:  # weights last: its config files win
+        for f in src_dir.iterdir():
+            if f.is_file():
+                link = folder / f.name
+                link.unlink(missing_ok=True)
+                link.symlink_to(f.resolve())
+    return folder
+
+
+def build(hf_dir: Path, out: Path, precision: str, provider: str, cache: Path) -> str:
+    """Run ORT GenAI's model builder; return its output. An unsupported architecture is a UserError."""
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out),
+           "-p", precision, "-e", provider, "-c", str(cache)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    log = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        tail = "\n".join(log.strip().splitlines()[-15:])
+        if "is not currently supported" in log:
+            raise UserError(f"ORT GenAI's model builder does not support this model's architecture:\n{tail}")
+        raise RuntimeError(f"model builder failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+    return log
+
+
+def copy_tokenizer_files(tokenizer_dir: Path, out: Path) -> list[str]:
+    """Copy the tokenizer files the builder did not write (e.g. the chat template) into the ONNX folder."""
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file() and not (out / name).exists():
+            shutil.copy2(tokenizer_dir / name, out / name)
+            copied.append(name)
+    return copied
+
+
+def task_score(task: str, predictions: list[str], references: list[str]) -> float:
+    if task == "classification":
+        return metrics.accuracy(predictions, references)
+    return metrics.rouge_l(predictions, references)
+
+
+def decode_speed(generate, prompts: list[str], new_tokens: int) -> float:
+    """Tokens/s of `generate(prompts, max_new_tokens=, min_new_tokens=, batch_size=)` one prompt at a time."""
+    generate(prompts[:1], max_new_tokens=new_tokens, min_new_tokens=new_tokens, batch_size=1)  # warm-up
+    produced = 0
+    start = time.perf_counter()
+    for prompt in prompts:
+        [ids] = generate([prompt], max_new_tokens=new_tokens, min_new_tokens=new_tokens, batch_size=1)
+        produced += len(ids)
+    elapsed = time.perf_counter() - start
+    if produced != len(prompts) * new_tokens:  # eos suppressed until new_tokens, so the count is fixed
+        raise RuntimeError(f"decode speed: generated {produced} tokens, expected {len(prompts) * new_tokens}")
+    return produced / elapsed
+
+
+def folder_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    source, rows = validate(args)
+    import onnxruntime_genai as og
+    import torch
+
+    tokenizer = models.load_tokenizer(args.model)
+    prompts = [r["prompt"] for r in rows]
+    references = [generation.reference(r, args.task, tokenizer.all_special_tokens) for r in rows]
+    speed_prompts = [prompts[i % len(prompts)] for i in range(args.speed_prompts)]
+
+    with tracking.step_run():
+        tracking.log_params({"precision": args.precision, "execution_provider": args.execution_provider,
+                             "task": args.task, "n": len(rows), "speed_prompts": args.speed_prompts,
+                             "speed_tokens": args.speed_tokens})
+        with tempfile.TemporaryDirectory(prefix="slmops-optimize-") as work, \
+                atomic_dir(args.onnx_model) as onnx_out, atomic_dir(args.report) as report_out:
+            hf_dir = stage_hf_folder(source, Path(work, "hf"))
+            started = time.perf_counter()
+            build(hf_dir, onnx_out, args.precision, args.execution_provider, Path(work, "cache"))
+            build_s = time.perf_counter() - started
+            copied = copy_tokenizer_files(Path(source.tokenizer), onnx_out)
+
+            config = og.Config(str(onnx_out))
+            config.clear_providers()
+            if args.execution_provider != "cpu":
+                config.append_provider(args.execution_provider)
+            og_model = og.Model(config)
+            og_tokenizer = og.Tokenizer(og_model)
+            onnx_predictions = generation.ort_complete(og_model, og_tokenizer, prompts,
+                                                       max_new_tokens=args.max_new_tokens, batch_size=BATCH_SIZE)
+            onnx_speed = decode_speed(lambda p, **kw: generation.ort_generate(og_model, og_tokenizer, p, **kw),
+                                      speed_prompts, args.speed_tokens)
+            del og_tokenizer, og_model
+
+            torch_model = models.load_causal_lm(args.model, dtype=torch.float32).eval()
+            torch_predictions = generation.torch_complete(torch_model, tokenizer, prompts,
+                                                          max_new_tokens=args.max_new_tokens, batch_size=BATCH_SIZE)
+            torch_speed = decode_speed(lambda p, **kw: generation.torch_generate(torch_model, tokenizer, p, **kw),
+                                       speed_prompts, args.speed_tokens)
+            del torch_model
+
+            onnx_accuracy = task_score(args.task, onnx_predictions, references)
+            torch_accuracy = task_score(args.task, torch_predictions, references)
+            report = {
+                "precision": args.precision,
+                "execution_provider": args.execution_provider,
+                "task": args.task,
+                "accuracy_metric": "accuracy" if args.task == "classification" else "rouge_l",
+                "n": len(rows),
+                "onnx": {"accuracy": onnx_accuracy, "tokens_per_s": onnx_speed, "size_mb": folder_mb(onnx_out),
+                         "build_s": build_s},
+                "pytorch": {"accuracy": torch_accuracy, "tokens_per_s": torch_speed},
+                "speedup": onnx_speed / torch_speed,
+                "accuracy_drop": torch_accuracy - onnx_accuracy,
+                "agreement": metrics.accuracy(onnx_predictions, torch_predictions),
+                "speed": {"prompts": args.speed_prompts, "new_tokens": args.speed_tokens, "batch_size": 1},
+                "tokenizer_files_copied": copied,
+            }
+            write_json(report_out / "optimize_report.json", report)
+
+        tracking.log_metrics({"onnx_accuracy": onnx_accuracy, "pytorch_accuracy": torch_accuracy,
+                              "onnx_tokens_per_s": onnx_speed, "pytorch_tokens_per_s": torch_speed,
+                              "speedup": report["speedup"], "accuracy_drop": report["accuracy_drop"],
+                              "onnx_size_mb": report["onnx"]["size_mb"], "agreement": report["agreement"]})
+        tracking.log_artifact(Path(args.report) / "optimize_report.json", "optimize")
+    print(f"optimize: {args.precision}/{args.execution_provider} {report['onnx']['size_mb']:.1f} MB; "
+          f"accuracy ONNX {onnx_accuracy:.3f} vs PyTorch {torch_accuracy:.3f}; decode {onnx_speed:,.0f} vs "
+          f"{torch_speed:,.0f} tokens/s ({report['speedup']:.1f}x)")
+    return report
+
+
+if __name__ == "__main__":
+    run_main(main)
