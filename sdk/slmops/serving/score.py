@@ -1,0 +1,218 @@
+"""Scoring script for the Azure ML inference server (`azureml-inference-server-http`), the server managed online
+endpoints run. The same file serves a fine-tuned PyTorch model (MLflow `mlflow.transformers` folder or a Hugging
+Face folder) and an ONNX Runtime GenAI model (a folder with `genai_config.json`).
+
+    azmlinfsrv --entry_script sdk/slmops/serving/score.py --model_dir ./model     # no auth, binds 0.0.0.0
+    slmops serve ./model --port 8080                                               # loopback + key (use this)
+
+Request (POST /score, JSON): either `prompt` (a string) or chat `messages` ([{"role", "content"}], rendered with
+the model's chat template), plus optional `max_new_tokens` (1..SLMOPS_MAX_NEW_TOKENS, default 64) and
+`temperature` (0 = greedy, default 0). Response: `{"text", "prompt_tokens", "completion_tokens",
+"finish_reason": "stop"|"length", "model"}`. A bad request gets 400 with every problem listed, never a 500.
+The schema is published by the server at GET /swagger.json (from the inference-schema decorators below).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+from azureml_inference_server_http.api.aml_response import AMLResponse
+from inference_schema.parameter_types.standard_py_parameter_type import StandardPythonParameterType
+from inference_schema.schema_decorators import input_schema, output_schema
+
+logger = logging.getLogger("azmlinfsrv.slmops")
+
+MAX_NEW_TOKENS = int(os.environ.get("SLMOPS_MAX_NEW_TOKENS", "512"))  # the cap a request may ask for
+MAX_PROMPT_CHARS = int(os.environ.get("SLMOPS_MAX_PROMPT_CHARS", "32000"))  # prompt or all messages together
+MAX_MESSAGES = 64
+ROLES = ("system", "user", "assistant")
+DEFAULT_MAX_NEW_TOKENS = 64
+
+# Set once by init(); run() only reads them. One generation at a time per worker: a small model saturates the
+# cores on its own, and the lock keeps torch / ORT GenAI state out of concurrent use from the server's threads.
+MODEL = None
+_LOCK = threading.Lock()
+
+SAMPLE_MESSAGES = [{"role": "user", "content": "What is the tone of this phrase? I felt furious about the call."}]
+SAMPLE_OUTPUT = {"text": "angry", "prompt_tokens": 21, "completion_tokens": 2, "finish_reason": "stop",
+                 "model": "tone-classifier"}
+
+
+def find_model_dir(root: Path) -> Path:
+    """The model folder under AZUREML_MODEL_DIR: the root itself or a folder up to two levels below it that has
+    genai_config.json, MLmodel or config.json (Azure ML mounts a registered model as <root>/<name>/...)."""
+    markers = ("genai_config.json", "MLmodel", "config.json")
+    levels = [[root], sorted(p for p in root.glob("*") if p.is_dir()), sorted(p for p in root.glob("*/*") if p.is_dir())]
+    for level in levels:
+        for folder in level:
+            if any((folder / m).exists() for m in markers):
+                return folder
+    found = sorted(str(p.relative_to(root)) for p in root.rglob("*"))[:20]
+    raise RuntimeError(f"no model under AZUREML_MODEL_DIR={str(root)!r}: expected a folder with genai_config.json "
+                       f"(ORT GenAI), MLmodel (MLflow) or config.json (Hugging Face); found {found}")
+
+
+class OrtGenAIModel:
+    """An ONNX Runtime GenAI model folder (what `onnxruntime_genai.models.builder` and Olive produce)."""
+
+    kind = "onnx"
+
+    def __init__(self, folder: Path):
+        import onnxruntime_genai as og
+
+        self.og = og
+        self.model = og.Model(str(folder))
+        self.tokenizer = og.Tokenizer(self.model)
+        config = json.loads((folder / "genai_config.json").read_text())
+        self.context_length = int(config["model"]["context_length"])
+        eos = config["model"].get("eos_token_id", [])
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+
+    def render_chat(self, messages: list[dict]) -> str:
+        return self.tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
+
+    def encode(self, text: str, chat: bool) -> list[int]:
+        return [int(t) for t in self.tokenizer.encode(text)]
+
+    def generate(self, ids: list[int], max_new_tokens: int, temperature: float) -> list[int]:
+        params = self.og.GeneratorParams(self.model)
+        options = {"max_length": len(ids) + max_new_tokens, "do_sample": temperature > 0}
+        if temperature > 0:
+            options.update(temperature=temperature, top_k=0, top_p=1.0)
+        params.set_search_options(**options)
+        generator = self.og.Generator(self.model, params)
+        generator.append_tokens(ids)
+        while not generator.is_done():
+            generator.generate_next_token()
+        return [int(t) for t in generator.get_sequence(0)][len(ids):]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids) if ids else ""
+
+
+class TorchModel:
+    """A PyTorch causal LM: an MLflow `mlflow.transformers` folder or a Hugging Face folder (merged, no PEFT)."""
+
+    kind = "pytorch"
+
+    def __init__(self, folder: Path):
+        import torch
+
+        from slmops.models import load_causal_lm, load_tokenizer
+
+        self.torch = torch
+        self.tokenizer = load_tokenizer(folder)
+        self.model = load_causal_lm(folder).eval()
+        self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 10**9)
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+
+    def render_chat(self, messages: list[dict]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode(self, text: str, chat: bool) -> list[int]:
+        # A rendered chat template already holds the special tokens (BOS etc.); a raw prompt gets them added.
+        return list(self.tokenizer(text, add_special_tokens=not chat)["input_ids"])
+
+    def generate(self, ids: list[int], max_new_tokens: int, temperature: float) -> list[int]:
+        kwargs = {"do_sample": temperature > 0}
+        if temperature > 0:
+            kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
+        with self.torch.inference_mode():
+            out = self.model.generate(self.torch.tensor([ids]), attention_mask=self.torch.ones(1, len(ids),
+                                      dtype=self.torch.long), max_new_tokens=max_new_tokens,
+                                      pad_token_id=self.tokenizer.pad_token_id, **kwargs)
+        return out[0, len(ids):].tolist()
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def load_model(folder: Path):
+    """The serving model for a folder: ORT GenAI when it has genai_config.json, else PyTorch."""
+    if (folder / "genai_config.json").exists():
+        return OrtGenAIModel(folder)
+    return TorchModel(folder)
+
+
+def init():
+    """Called once per worker by the inference server: load the model found under AZUREML_MODEL_DIR."""
+    global MODEL
+    root = Path(os.environ.get("AZUREML_MODEL_DIR", "")).expanduser()
+    if not str(root) or not root.is_dir():
+        raise RuntimeError(f"AZUREML_MODEL_DIR={str(root)!r} is not a folder; start the server with --model_dir")
+    folder = find_model_dir(root)
+    MODEL = load_model(folder)
+    MODEL.name = folder.name
+    logger.info("slmops: serving %s model from %s (context %d)", MODEL.kind, folder, MODEL.context_length)
+
+
+def request_problems(messages, prompt, max_new_tokens, temperature) -> list[str]:
+    """Every problem with a request, so one 400 lists them all."""
+    problems = []
+    if (messages is None) == (prompt is None):
+        problems.append("give exactly one of 'prompt' (a string) or 'messages' (a list of {role, content})")
+    if prompt is not None:
+        if not isinstance(prompt, str) or not prompt:
+            problems.append(f"'prompt' must be a non-empty string, got {type(prompt).__name__}")
+        elif len(prompt) > MAX_PROMPT_CHARS:
+            problems.append(f"'prompt' has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+    if messages is not None:
+        if not isinstance(messages, list) or not messages:
+            problems.append("'messages' must be a non-empty list of {\"role\": ..., \"content\": ...} objects")
+        elif len(messages) > MAX_MESSAGES:
+            problems.append(f"'messages' has {len(messages)} entries; the limit is {MAX_MESSAGES}")
+        else:
+            for i, m in enumerate(messages):
+                if not isinstance(m, dict) or set(m) != {"role", "content"}:
+                    problems.append(f"messages[{i}] must be an object with exactly 'role' and 'content'")
+                elif m["role"] not in ROLES or not isinstance(m["content"], str):
+                    problems.append(f"messages[{i}]: role must be one of {list(ROLES)} and content a string "
+                                    f"(got role {m['role']!r})")
+            total = sum(len(m.get("content", "")) for m in messages if isinstance(m, dict)
+                        and isinstance(m.get("content"), str))
+            if total > MAX_PROMPT_CHARS:
+                problems.append(f"'messages' have {total} characters together; the limit is {MAX_PROMPT_CHARS}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
+            or not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        problems.append(f"'max_new_tokens' must be an integer in 1..{MAX_NEW_TOKENS}, got {max_new_tokens!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
+        problems.append(f"'temperature' must be a number in 0..2 (0 = greedy), got {temperature!r}")
+    return problems
+
+
+def bad_request(problems: list[str]) -> AMLResponse:
+    return AMLResponse({"error": "bad request", "problems": problems}, 400, json_str=True)
+
+
+@input_schema("prompt", StandardPythonParameterType("What is the tone of this phrase? I felt furious."),
+              convert_to_provided_type=False, optional=True)
+@input_schema("messages", StandardPythonParameterType(SAMPLE_MESSAGES), convert_to_provided_type=False,
+              optional=True)
+@input_schema("max_new_tokens", StandardPythonParameterType(DEFAULT_MAX_NEW_TOKENS), convert_to_provided_type=False,
+              optional=True)
+@input_schema("temperature", StandardPythonParameterType(0.0), convert_to_provided_type=False, optional=True)
+@output_schema(StandardPythonParameterType(SAMPLE_OUTPUT))
+def run(prompt=None, messages=None, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, temperature=0.0):
+    """Generate a completion for one request (the inference server passes the JSON body's keys as arguments)."""
+    problems = request_problems(messages, prompt, max_new_tokens, temperature)
+    if problems:
+        return bad_request(problems)
+    text = MODEL.render_chat(messages) if messages is not None else prompt
+    ids = MODEL.encode(text, chat=messages is not None)
+    if not ids:
+        return bad_request(["the prompt encodes to zero tokens"])
+    if len(ids) + max_new_tokens > MODEL.context_length:
+        return bad_request([f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceed the model's "
+                            f"context of {MODEL.context_length} tokens; shorten the prompt or lower max_new_tokens"])
+    with _LOCK:
+        new_ids = MODEL.generate(ids, max_new_tokens, float(temperature))
+    finish = "length"
+    if new_ids and new_ids[-1] in MODEL.eos_ids:
+        new_ids, finish = new_ids[:-1], "stop"
+    return {"text": MODEL.decode(new_ids), "prompt_tokens": len(ids), "completion_tokens": len(new_ids),
+            "finish_reason": finish, "model": MODEL.name}

@@ -1,0 +1,128 @@
+"""Run the Azure ML inference server on this machine, on loopback only, with key authentication.
+
+    slmops serve ./outputs/model --port 8080                       # key generated and printed once
+    SLMOPS_ENDPOINT_KEY=s3cret slmops serve models:/tone@production
+    curl -H "Authorization: Bearer s3cret" -H "Content-Type: application/json" \
+         -d '{"prompt": "Hello", "max_new_tokens": 8}' http://127.0.0.1:8080/score
+
+`azmlinfsrv` binds 0.0.0.0 and checks no key (the Azure gateway does that). So instead of the `azmlinfsrv`
+launcher we run the same thing it runs - gunicorn serving `azureml_inference_server_http.server.entry:app` with
+our score.py - bound to 127.0.0.1 and wrapped in a key check (slmops.serving.app). Routes: POST /score,
+GET /swagger.json (key needed), GET / , /health/live, /health/ready (open, as probes are).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from slmops.errors import UserError
+
+SCORE_SCRIPT = Path(__file__).with_name("score.py")
+HOST = "127.0.0.1"
+KEY_ENV = "SLMOPS_ENDPOINT_KEY"
+DEFAULT_THREADS = 8
+DEFAULT_MAX_BODY_BYTES = 1_048_576
+
+
+def new_key() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def server_command(port: int, threads: int = DEFAULT_THREADS) -> list[str]:
+    """gunicorn on 127.0.0.1:port, one worker (one copy of the model) with `threads` request threads."""
+    return [sys.executable, "-m", "gunicorn", "--bind", f"{HOST}:{port}", "--workers", "1",
+            "--worker-class", "gthread", "--threads", str(threads), "--timeout", "300", "--graceful-timeout", "5",
+            "--access-logfile", "-", "--error-logfile", "-", "slmops.serving.app:build()"]
+
+
+def server_env(model_dir: Path, key: str, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               base: dict | None = None) -> dict[str, str]:
+    """The environment the inference server reads (as on a managed endpoint) plus our key and body cap."""
+    env = dict(os.environ if base is None else base)
+    env.update({
+        "AZUREML_MODEL_DIR": str(Path(model_dir).resolve()),
+        "AZUREML_ENTRY_SCRIPT": str(SCORE_SCRIPT),
+        "AML_APP_ROOT": str(SCORE_SCRIPT.parent),
+        "AML_APP_INSIGHTS_ENABLED": "false",
+        KEY_ENV: key,
+        "SLMOPS_MAX_BODY_BYTES": str(max_body_bytes),
+        "TOKENIZERS_PARALLELISM": "false",
+    })
+    return env
+
+
+def check_model_dir(model_dir: Path) -> Path:
+    """UserError unless `model_dir` holds a servable model (ORT GenAI, MLflow or Hugging Face folder)."""
+    from slmops.serving.score import find_model_dir
+
+    model_dir = Path(model_dir).expanduser()
+    if not model_dir.is_dir():
+        raise UserError(f"model folder {str(model_dir)!r} does not exist; pass a model folder or a registry "
+                        f"reference such as models:/NAME@ALIAS")
+    try:
+        return find_model_dir(model_dir)
+    except RuntimeError as exc:
+        raise UserError(str(exc)) from None
+
+
+def start(model_dir: Path, port: int, key: str, log_path: Path, *, threads: int = DEFAULT_THREADS,
+          max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> subprocess.Popen:
+    """Start the server in the background (its output goes to `log_path`); see wait_ready()."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(server_command(port, threads), env=server_env(model_dir, key, max_body_bytes),
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+
+
+def is_ready(base_url: str, timeout_s: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base_url}/health/ready", timeout=timeout_s) as r:
+            return r.status == 200 and json.loads(r.read()).get("status") == "ready"
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def wait_ready(base_url: str, timeout_s: float, proc: subprocess.Popen | None = None,
+               log_path: Path | None = None) -> None:
+    """Poll /health/ready until it answers; UserError (with the log's tail) if the server exits or times out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if is_ready(base_url):
+            return
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.25)
+    tail = log_path.read_text(errors="replace")[-2000:] if log_path and log_path.exists() else ""
+    state = f"exited with code {proc.returncode}" if proc is not None and proc.poll() is not None \
+        else f"was not ready within {timeout_s:.0f} s"
+    raise UserError(f"the inference server at {base_url} {state}; its log ends with:\n{tail}")
+
+
+def run_foreground(model_dir: Path, port: int, key: str, threads: int, max_body_bytes: int) -> None:
+    """Replace this process with the server (signals go straight to gunicorn)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe(sys.executable, server_command(port, threads), server_env(model_dir, key, max_body_bytes))
+
+
+def resolve_model(ref: str, tracking_uri: str | None, cache_dir: Path) -> Path:
+    """A model folder for a folder path or a registry reference (models:/NAME@ALIAS, models:/NAME/VERSION)."""
+    from slmops import registry
+
+    return check_model_dir(registry.resolve(ref, tracking_uri=tracking_uri, cache_dir=cache_dir))
