@@ -59,7 +59,7 @@ def _load_job(pipeline: Path):
     """azure-ai-ml's `load_job`, with its load-time schema errors turned into per-field problems."""
     import logging
 
-    logging.getLogger("azure").setLevel(logging.ERROR)   # silence "experimental class" notices
+    logging.getLogger("azure.ai.ml._utils._experimental").disabled = True   # "experimental class" notices
     from azure.ai.ml import load_job
 
     try:
@@ -263,10 +263,9 @@ class _Builder:
                 sweep = {k: data.get(k) for k in ("search_space", "sampling_algorithm", "objective", "limits",
                                                   "early_termination")}
                 searched = set(sweep["search_space"] or {})
-                for param in sorted(searched - set(specs)):
-                    self.problems.append(f"{where}.search_space.{param}: the trial component has no input "
-                                         f"'{param}' (inputs: {', '.join(sorted(specs))}). Fix: search over one "
-                                         "of the trial's inputs.")
+                from local_runner.sweep import validate_sweep
+
+                self.problems += [f"{where}.{problem}" for problem in validate_sweep(sweep, set(specs))]
             inputs = self.node_inputs(job, specs, where, scope_inputs, jobs, prefix, base, searched)
             outputs = {}
             for out_name, spec in (comp.get("outputs") or {}).items():
@@ -288,8 +287,8 @@ class _Builder:
                                          "Fix: correct `code:` (it is relative to the component YAML).")
             elif code is not None:
                 self.problems.append(f"{where}.component.code: {code} is a cloud asset. Fix: use a local folder.")
-            distribution = data.get("distribution")
-            resources = data.get("resources")
+            distribution = data.get("distribution") or comp.get("distribution")
+            resources = data.get("resources") or comp.get("resources")
             if self.for_run and resources and int(resources.get("instance_count") or 1) > 1:
                 self.problems.append(f"{where}.resources.instance_count: {resources['instance_count']} nodes cannot "
                                      "run on one machine. Fix: use instance_count: 1 locally (keep "

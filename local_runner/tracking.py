@@ -96,7 +96,11 @@ class MlflowRecorder:
 
     def __init__(self, uri: str, experiment: str, artifact_root: Path | None):
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        import logging
+
         from mlflow import MlflowClient
+
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)   # "Creating initial tables..."
 
         self.uri = uri
         self.client = MlflowClient(uri)

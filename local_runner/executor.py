@@ -1,0 +1,463 @@
+"""Run a resolved `Graph` on this machine with Azure ML's step semantics.
+
+The loop, in plain view (`execute`): every pass finishes the steps whose processes ended, then walks the nodes in
+topological order and starts each one whose upstream steps are done, up to `max_parallel` at a time. Starting a
+step means: resolve its inputs (literals, local paths, upstream outputs), compute its reuse key, and either
+reuse a finished step with that key or launch the command. After a failure nothing new starts; the running
+steps finish, and the run exits non-zero naming the failed step and showing the tail of its log.
+
+A step's process: `bash -c <command>` in a snapshot of the component's `code:` folder, with MLFLOW_TRACKING_URI,
+MLFLOW_RUN_ID, MLFLOW_EXPERIMENT_ID, AZUREML_RUN_ID and AZUREML_ROOT_RUN_ID set. Under `distribution: pytorch`
+it is started `process_count_per_instance` times, each copy with RANK, WORLD_SIZE, LOCAL_RANK,
+LOCAL_WORLD_SIZE, NODE_RANK, MASTER_ADDR and MASTER_PORT set, as Azure ML's launcher does on one node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from local_runner.display import Display
+from local_runner.graph import Graph, Node, toposort
+from local_runner.store import Store, step_key
+from local_runner.trial import Trial
+from slmops.errors import UserError
+from slmops.io import write_json
+
+OPTIONAL = re.compile(r"\$\[\[(.*?)\]\]", re.S)
+INPUT_REF = re.compile(r"\$\{\{\s*inputs\.(\w+)\s*\}\}")
+OUTPUT_REF = re.compile(r"\$\{\{\s*outputs\.(\w+)\s*\}\}")
+TAIL_LINES = 25
+POLL_SECONDS = 0.05
+
+
+def format_value(value) -> str:
+    """A value as Azure ML writes it into a command line (booleans as True/False)."""
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    return str(value)
+
+
+def render_command(template: str, values: dict, outputs: dict, where: str = "command") -> str:
+    """Fill `${{inputs.x}}`/`${{outputs.y}}`; drop each `$[[ ... ]]` whose inputs are not given."""
+    def optional(match):
+        inner = match.group(1)
+        return "" if any(values.get(name) is None for name in INPUT_REF.findall(inner)) else inner
+
+    def input_value(match):
+        name = match.group(1)
+        if values.get(name) is None:
+            raise UserError(f"{where}: input '{name}' has no value but the command uses it outside $[[ ]]. "
+                            "Fix: give the input a value, or wrap its part of the command in $[[ ... ]].")
+        return format_value(values[name])
+
+    def output_path(match):
+        if match.group(1) not in outputs:
+            raise UserError(f"{where}: the command names an unknown output '{match.group(1)}'. "
+                            "Fix: declare it under the component's outputs.")
+        return str(outputs[match.group(1)])
+
+    text = OPTIONAL.sub(optional, template)
+    return OUTPUT_REF.sub(output_path, INPUT_REF.sub(input_value, text))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class StepProcess:
+    """The process(es) of one step: output streamed to the display with a prefix and appended to the log."""
+
+    def __init__(self, prefix: str, command: str, cwd: Path, env: dict, log_path: Path, display: Display,
+                 processes: int = 1, distributed: bool = False):
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log = open(log_path, "ab")
+        self.log_lock = threading.Lock()
+        self.display = display
+        self.procs: list[subprocess.Popen] = []
+        self.threads: list[threading.Thread] = []
+        self.code: int | None = None
+        port = _free_port() if distributed else None
+        for rank in range(processes):
+            proc_env = dict(env)
+            if distributed:
+                proc_env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(processes),
+                                LOCAL_WORLD_SIZE=str(processes), NODE_RANK="0", GROUP_RANK="0",
+                                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+            proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=proc_env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            name = f"{prefix}[{rank}]" if processes > 1 else prefix
+            thread = threading.Thread(target=self._pump, args=(proc, name), daemon=True)
+            thread.start()
+            self.procs.append(proc)
+            self.threads.append(thread)
+
+    def _pump(self, proc: subprocess.Popen, name: str) -> None:
+        for raw in iter(proc.stdout.readline, b""):
+            with self.log_lock:
+                self.log.write(raw)
+                self.log.flush()
+            self.display.line(name, raw.decode("utf-8", "replace").rstrip("\n"))
+        proc.stdout.close()
+
+    def poll(self) -> int | None:
+        """The step's exit code once every process ended (the first failure ends the others); None before."""
+        if self.code is not None:
+            return self.code
+        codes = [p.poll() for p in self.procs]
+        failed = [c for c in codes if c not in (None, 0)]
+        if failed:
+            self.kill()
+            self.code = failed[0]
+        elif all(c == 0 for c in codes):
+            self.code = 0
+        else:
+            return None
+        for thread in self.threads:
+            thread.join(timeout=5)
+        self.log.close()
+        return self.code
+
+    def kill(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for proc in self.procs:
+            proc.wait()
+
+
+@dataclass
+class Active:
+    """A step that is running: its handle (StepProcess or SweepHandle), reuse key and MLflow run."""
+
+    node: Node
+    key: str
+    run_id: str
+    handle: object
+    outputs: dict[str, Path]
+    started: float = field(default_factory=time.monotonic)
+
+
+class Executor:
+    def __init__(self, graph: Graph, run_dir: Path, store: Store, tracker, display: Display, max_parallel: int,
+                 force_rerun: bool, pipeline_file: str = ""):
+        self.graph = graph
+        self.run_dir = Path(run_dir).resolve()
+        self.store = store
+        self.tracker = tracker
+        self.display = display
+        self.max_parallel = max(1, int(max_parallel))
+        self.force_rerun = force_rerun or graph.force_rerun
+        self.pipeline_file = pipeline_file
+        self.order = toposort({name: node.upstream() for name, node in graph.nodes.items()})
+        self.state = {name: "pending" for name in self.order}
+        self.outputs: dict[str, dict[str, Path]] = {}
+        self.hashes: dict[str, dict[str, str]] = {}
+        self.running: dict[str, Active] = {}
+        self.failed: list[tuple[str, str]] = []       # (node, reason)
+        self.code_hashes: dict[str | None, str] = {}
+        self.parent_run = ""
+
+    # ------------------------------------------------------------------------------------------------ the loop
+    def execute(self) -> int:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["MLFLOW_TRACKING_URI"] = self.tracker.uri          # read by the sweep's metric reader
+        self.parent_run = self.tracker.start_run(
+            self.graph.name, tags={"slmops.kind": "pipeline", "slmops.pipeline": self.pipeline_file,
+                                   "slmops.run_dir": str(self.run_dir)})
+        environments = sorted({_describe_environment(n.environment) for n in self.graph.nodes.values()})
+        self.display.notice(f"note: environment(s) {', '.join(environments)} recorded, not built: every step runs "
+                            f"in this Python ({sys.executable}).")
+        status = "FAILED"
+        try:
+            while True:
+                for name, active in list(self.running.items()):
+                    code = active.handle.poll()
+                    if code is not None:
+                        del self.running[name]
+                        self._finish(name, active, code)
+                if not self.failed:
+                    for name in self.order:
+                        if len(self.running) >= self.max_parallel:
+                            break
+                        if self.state[name] == "pending" and self._ready(name):
+                            self._start(self.graph.nodes[name])
+                if not self.running:
+                    break
+                time.sleep(POLL_SECONDS)
+            if not self.failed:
+                status = "FINISHED"
+                self._link_pipeline_outputs()
+            return 0 if not self.failed else 1
+        except BaseException:
+            status = "KILLED"
+            for name, active in self.running.items():
+                active.handle.kill()
+                self.tracker.end_run(active.run_id, "KILLED")
+                self._set(name, "killed")
+            raise
+        finally:
+            for name in self.order:
+                if self.state[name] == "pending":
+                    self._set(name, "skipped")
+            self.tracker.end_run(self.parent_run, status)
+            self.store.save_hashes()
+            write_json(self.run_dir / "run.json", {
+                "pipeline": self.pipeline_file, "status": status, "mlflow_run_id": self.parent_run,
+                "tracking_uri": self.tracker.uri, "steps": self.state,
+                "failed": [{"node": n, "reason": r} for n, r in self.failed]})
+
+    def _ready(self, name: str) -> bool:
+        node = self.graph.nodes[name]
+        if any(self.state[up] not in ("done", "reused") for up in node.upstream()):
+            return False
+        return True
+
+    def _set(self, name: str, state: str, detail: str = "") -> None:
+        self.state[name] = state
+        self.display.state(name, state, detail)
+
+    # ------------------------------------------------------------------------------------------------ one step
+    def _resolve_inputs(self, node: Node) -> tuple[dict, dict]:
+        """(values for the command, identity for the reuse key) of the node's inputs."""
+        values, identity = {}, {}
+        for name, binding in sorted(node.inputs.items()):
+            if "value" in binding:
+                values[name] = binding["value"]
+                identity[name] = {"value": format_value(binding["value"])}
+            elif "path" in binding:
+                values[name] = binding["path"]
+                identity[name] = {"sha": self.store.hash_path(binding["path"]), "type": binding.get("type")}
+            elif "node" in binding:
+                values[name] = str(self.outputs[binding["node"]][binding["output"]])
+                identity[name] = {"sha": self.hashes[binding["node"]][binding["output"]]}
+        return values, identity
+
+    def _code_hash(self, code: str | None) -> str:
+        if code not in self.code_hashes:
+            self.code_hashes[code] = self.store.hash_path(code) if code else "no-code"
+        return self.code_hashes[code]
+
+    def _start(self, node: Node) -> None:
+        values, identity = self._resolve_inputs(node)
+        code_hash = self._code_hash(node.code)
+        key = step_key(node, code_hash, identity)
+        if any(active.key == key for active in self.running.values()):
+            return           # an identical step is running in this pipeline: reuse it once it finished
+        node_dir = self.run_dir / node.name
+        log_path = node_dir / "user_logs" / "std_log.txt"
+        if log_path.exists():
+            log_path.unlink()
+        tags = {"slmops.node": node.name, "slmops.cache_key": key, "slmops.kind": node.kind}
+        force = self.force_rerun or not node.is_deterministic
+        finished = None if force else self.store.finished(key)
+        if finished is not None:
+            run_id = self.tracker.start_run(node.name, self.parent_run, dict(tags, **{"slmops.reused": "true",
+                                            "slmops.reused_from": finished.get("run_id", "")}),
+                                            {k: format_value(v) for k, v in values.items()})
+            self.tracker.end_run(run_id, "FINISHED")
+            self.outputs[node.name] = self.store.done_outputs(key, list(node.outputs))
+            self.hashes[node.name] = finished["output_hashes"]
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            cached_log = self.store.step_dir(key) / "std_log.txt"
+            log_path.write_text(f"[slmops] reused the outputs of step key {key} (MLflow run "
+                                f"{finished.get('run_id')}); its log follows.\n"
+                                + (cached_log.read_text(errors="replace") if cached_log.exists() else ""))
+            self._record(node, key, run_id, "reused", values)
+            self._set(node.name, "reused")
+            return
+
+        run_id = self.tracker.start_run(node.name, self.parent_run, dict(tags, **{"slmops.reused": "false"}),
+                                        {k: format_value(v) for k, v in values.items()})
+        outputs = self.store.attempt_outputs(key, list(node.outputs))
+        cwd = self.store.snapshot(node.code, code_hash)
+        env = self._env(run_id)
+        if node.kind == "sweep":
+            handle = SweepHandle(self, node, key, run_id, values, outputs, cwd)
+        else:
+            command = render_command(node.command, values, outputs, f"jobs.{node.name}.command")
+            dist = node.distribution or {}
+            processes = int(dist.get("process_count_per_instance") or 1) if dist.get("type") == "pytorch" else 1
+            handle = StepProcess(node.name, command, cwd, env, log_path, self.display, processes,
+                                 distributed=dist.get("type") == "pytorch")
+        self.running[node.name] = Active(node, key, run_id, handle, outputs)
+        self._record(node, key, run_id, "running", values)
+        self._set(node.name, "running")
+
+    def _env(self, run_id: str) -> dict:
+        env = dict(os.environ)
+        env.update(MLFLOW_TRACKING_URI=self.tracker.uri, MLFLOW_RUN_ID=run_id,
+                   MLFLOW_EXPERIMENT_ID=str(self.tracker.experiment_id), AZUREML_RUN_ID=run_id,
+                   AZUREML_ROOT_RUN_ID=self.parent_run, PYTHONUNBUFFERED="1")
+        env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        return env
+
+    def _finish(self, name: str, active: Active, code: int) -> None:
+        node = active.node
+        log_path = self.run_dir / name / "user_logs" / "std_log.txt"
+        if code == 0 and node.kind == "sweep":
+            code = active.handle.adopt_best(active.outputs)
+        if code != 0:
+            self.tracker.end_run(active.run_id, "FAILED")
+            reason = active.handle.error if node.kind == "sweep" and active.handle.error else f"exit code {code}"
+            self.failed.append((name, reason))
+            self._record(node, active.key, active.run_id, "failed", None, reason)
+            self._set(name, "failed", f"{reason}; log: {log_path}")
+            return
+        if log_path.exists():
+            shutil.copyfile(log_path, self.store.step_dir(active.key) / "std_log.txt")
+        self.outputs[name] = self.store.complete(active.key, {"node": name, "run_id": active.run_id,
+                                                              "finished": time.time()})
+        self.hashes[name] = self.store.finished(active.key)["output_hashes"]
+        self.tracker.end_run(active.run_id, "FINISHED")
+        self._record(node, active.key, active.run_id, "done", None)
+        self._set(name, "done")
+
+    def _record(self, node: Node, key: str, run_id: str, status: str, values: dict | None, reason: str = "") -> None:
+        """`<run>/<node>/step.json` and `<run>/<node>/outputs/<name>` links to the cached outputs."""
+        node_dir = self.run_dir / node.name
+        step_file = node_dir / "step.json"
+        record = json.loads(step_file.read_text()) if values is None and step_file.exists() else {}
+        if values is not None:
+            record = {"node": node.name, "cache_key": key, "mlflow_run_id": run_id,
+                      "inputs": {k: format_value(v) for k, v in values.items()},
+                      "environment": node.environment, "code": node.code}
+        record.update(status=status, reason=reason)
+        write_json(step_file, record)
+        if status in ("done", "reused"):
+            for out_name, path in self.outputs[node.name].items():
+                _link(node_dir / "outputs" / out_name, path)
+
+    def _link_pipeline_outputs(self) -> None:
+        for out_name, binding in self.graph.outputs.items():
+            _link(self.run_dir / "outputs" / out_name, self.outputs[binding["node"]][binding["output"]])
+
+    def failure_report(self) -> str:
+        lines = []
+        for name, reason in self.failed:
+            log_path = self.run_dir / name / "user_logs" / "std_log.txt"
+            tail = log_path.read_text(errors="replace").splitlines()[-TAIL_LINES:] if log_path.exists() else []
+            lines.append(f"step '{name}' failed ({reason}). Last lines of {log_path}:")
+            lines += [f"  {line}" for line in tail]
+        skipped = [n for n, s in self.state.items() if s == "skipped"]
+        if skipped:
+            lines.append(f"not started: {', '.join(skipped)}")
+        return "\n".join(lines)
+
+
+class SweepHandle:
+    """A sweep node in progress: `local_runner.sweep.run_sweep` in a thread, its trials as step processes."""
+
+    def __init__(self, executor: Executor, node: Node, key: str, run_id: str, values: dict,
+                 outputs: dict[str, Path], cwd: Path):
+        self.ex, self.node, self.key, self.run_id = executor, node, key, run_id
+        self.values, self.cwd = values, cwd
+        self.result = None
+        self.error = ""
+        self.trials: list[Trial] = []
+        self.finished = threading.Event()
+        spec = dict(node.sweep, name=node.name, trial=node.component, inputs=dict(values),
+                    outputs=dict(node.outputs))
+        self.thread = threading.Thread(target=self._run, args=(spec,), daemon=True)
+        self.thread.start()
+
+    def _run(self, spec: dict) -> None:
+        from local_runner.sweep import run_sweep
+
+        try:
+            self.result = run_sweep(spec, self.start_trial, lambda msg: self.ex.display.line(self.node.name, msg))
+        except UserError as exc:
+            self.error = str(exc)
+        except Exception as exc:       # a bug in a trial launcher or the sweep: report it as the step's failure
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.finished.set()
+
+    def start_trial(self, index: int, params: dict) -> Trial:
+        values = dict(self.values, **params)
+        trial_dir = self.ex.store.step_dir(self.key) / "trials" / str(index)
+        outputs = {}
+        for name in self.node.outputs:
+            outputs[name] = trial_dir / name
+            outputs[name].mkdir(parents=True, exist_ok=True)
+        run_id = self.ex.tracker.start_run(
+            f"{self.node.name}/trial-{index}", self.run_id,
+            {"slmops.node": self.node.name, "slmops.trial": str(index), "slmops.kind": "trial"},
+            {k: format_value(v) for k, v in values.items()})
+        command = render_command(self.node.command, values, outputs, f"jobs.{self.node.name}.trial")
+        log_path = self.ex.run_dir / self.node.name / "trials" / str(index) / "user_logs" / "std_log.txt"
+        proc = StepProcess(f"{self.node.name}[{index}]", command, self.cwd, self.ex._env(run_id), log_path,
+                           self.ex.display)
+        ended = []
+
+        def poll() -> int | None:
+            code = proc.poll()
+            if code is not None and not ended:
+                ended.append(code)
+                self.ex.tracker.end_run(run_id, "FINISHED" if code == 0 else "FAILED")
+            return code
+
+        def kill() -> None:
+            proc.kill()
+            if not ended:
+                ended.append(-9)
+                self.ex.tracker.end_run(run_id, "KILLED")
+
+        trial = Trial(index, dict(params), run_id, outputs, poll, kill)
+        self.trials.append(trial)
+        return trial
+
+    def poll(self) -> int | None:
+        if not self.finished.is_set():
+            return None
+        return 0 if self.result is not None else 1
+
+    def kill(self) -> None:
+        for trial in self.trials:
+            trial.kill()
+
+    def adopt_best(self, outputs: dict[str, Path]) -> int:
+        """Make the best trial's outputs the node's outputs; record every trial. Returns 0."""
+        result = self.result
+        for name, target in outputs.items():
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(result.best_outputs[name], target)
+        write_json(self.ex.run_dir / self.node.name / "sweep.json", {
+            "best_index": result.best_index, "best_params": result.best_params, "best_metric": result.best_metric,
+            "best_run_id": result.best_run_id, "trials": result.trials})
+        self.ex.tracker.set_tags(self.run_id, {"slmops.best_trial": result.best_index,
+                                               "slmops.best_metric": result.best_metric,
+                                               "slmops.best_run_id": result.best_run_id})
+        shutil.rmtree(self.ex.store.step_dir(self.key) / "trials", ignore_errors=True)
+        return 0
+
+
+def _link(link: Path, target: Path) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        if link.is_dir() and not link.is_symlink():
+            shutil.rmtree(link)
+        else:
+            link.unlink()
+    link.symlink_to(Path(target).resolve(), target_is_directory=True)
+
+
+def _describe_environment(environment) -> str:
+    if isinstance(environment, dict):
+        return str(environment.get("image") or environment.get("name") or "inline environment")
+    return str(environment or "none")
