@@ -1,0 +1,362 @@
+"""Sweep nodes: sampling, validation and early termination as pure functions, then `run_sweep` over real
+subprocess trials (tests/runner/assets/sweep/objective.py logs `score = -(x - 3)^2` to an MLflow sqlite store).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from local_runner.sweep import (
+    Policy,
+    best_trial,
+    grid_points,
+    read_sweep,
+    run_sweep,
+    termination_reason,
+    trial_params,
+    validate_sweep,
+)
+from local_runner.trial import Trial
+from slmops.errors import UserError
+
+OBJECTIVE = Path(__file__).parent / "assets" / "sweep" / "objective.py"
+
+
+def spec(**overrides) -> dict:
+    """A valid sweep node; keyword arguments replace its top-level fields."""
+    base = {
+        "search_space": {"x": {"type": "choice", "values": [1, 2, 3]}},
+        "sampling_algorithm": "grid",
+        "objective": {"primary_metric": "score", "goal": "maximize"},
+        "limits": {"max_total_trials": 10, "max_concurrent_trials": 2},
+        "early_termination": None,
+    }
+    base.update(overrides)
+    return base
+
+
+RANDOM_SPACE = {
+    "c": {"type": "choice", "values": ["a", "b", "c"]},
+    "r": {"type": "randint", "upper": 4},
+    "u": {"type": "uniform", "min_value": -1, "max_value": 2},
+    "lr": {"type": "loguniform", "min_value": -9, "max_value": -4},
+    "bs": {"type": "quniform", "min_value": 8, "max_value": 64, "q": 8},
+    "qlu": {"type": "qloguniform", "min_value": 0, "max_value": 3, "q": 0.5},
+    "n": {"type": "normal", "mu": 10, "sigma": 2},
+    "ln": {"type": "lognormal", "mu": 0, "sigma": 1},
+    "qn": {"type": "qnormal", "mu": 100, "sigma": 10, "q": 5},
+    "qln": {"type": "qlognormal", "mu": 1, "sigma": 0.5, "q": 1},
+}
+
+
+def random_config(seed=7, trials=200, algorithm="random"):
+    sampling = {"type": algorithm, "seed": seed} if algorithm == "random" else algorithm
+    config, problems = read_sweep(spec(search_space=RANDOM_SPACE, sampling_algorithm=sampling,
+                                       limits={"max_total_trials": trials}))
+    assert problems == []
+    return config
+
+
+# ---------------------------------------------------------------------------------------------------- sampling
+
+
+def test_random_sampling_is_deterministic_for_a_seed():
+    first = trial_params(random_config(seed=7))
+    assert first == trial_params(random_config(seed=7))
+    assert first != trial_params(random_config(seed=8))
+    assert len(first) == 200
+    # Golden values: Python's Mersenne Twister is stable across versions.
+    assert {k: v for k, v in first[0].items() if k in ("bs", "c", "qln", "qlu", "qn", "r")} == {
+        "bs": 24, "c": "a", "qln": 5, "qlu": 15.5, "qn": 105, "r": 1}
+    assert (first[0]["u"], first[0]["lr"]) == pytest.approx((-0.887513, 0.00749418), rel=1e-5)
+
+
+def test_random_sampling_respects_every_expression_range():
+    samples = trial_params(random_config(seed=1, trials=500))
+    for s in samples:
+        assert s["c"] in ("a", "b", "c")
+        assert s["r"] in (0, 1, 2, 3) and isinstance(s["r"], int)
+        assert -1 <= s["u"] <= 2
+        assert math.exp(-9) <= s["lr"] <= math.exp(-4)
+        assert 8 <= s["bs"] <= 64 and s["bs"] % 8 == 0 and isinstance(s["bs"], int)
+        assert s["qlu"] % 0.5 == 0 and 0.5 <= s["qlu"] <= math.exp(3) + 0.25
+        assert s["ln"] > 0 and s["qn"] % 5 == 0 and isinstance(s["qln"], int)
+    assert {s["c"] for s in samples} == {"a", "b", "c"} and {s["r"] for s in samples} == {0, 1, 2, 3}
+    mean_n = sum(s["n"] for s in samples) / len(samples)
+    assert 9.5 < mean_n < 10.5
+    # loguniform is uniform in the exponent: about half the draws fall below exp(-6.5)
+    low = sum(s["lr"] < math.exp(-6.5) for s in samples) / len(samples)
+    assert 0.4 < low < 0.6
+
+
+def test_grid_enumerates_every_combination_in_order():
+    space = {"b": {"type": "choice", "values": ["x", "y", "z"]}, "a": {"type": "choice", "values": [1, 2]}}
+    assert grid_points(space) == [{"a": a, "b": b} for a in (1, 2) for b in ("x", "y", "z")]
+    config, _ = read_sweep(spec(search_space=space, limits={"max_total_trials": 4}))
+    assert trial_params(config) == grid_points(space)[:4]
+    config, _ = read_sweep(spec(search_space=space, limits={}))
+    assert config.max_total_trials == 6 and len(trial_params(config)) == 6
+
+
+def test_bayesian_runs_as_random_with_a_notice():
+    config = random_config(trials=5, algorithm="bayesian")
+    assert config.algorithm == "random"
+    assert any("bayesian" in n and "random" in n for n in config.notices)
+    assert trial_params(config) == trial_params(random_config(seed=0, trials=5))  # the default seed
+
+
+# ---------------------------------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "overrides, inputs, expected",
+    [
+        ({}, {"x"}, []),
+        ({}, {"lr"}, ["search_space.x: the trial component has no input 'x'; its inputs are: lr"]),
+        ({"search_space": {"x": {"type": "uniform", "min_value": 0, "max_value": 1}}}, None,
+         ["search_space.x: grid sampling supports only choice"]),
+        ({"search_space": {"x": {"type": "gaussian", "mu": 0}}}, None, ["search_space.x.type: unknown expression"]),
+        ({"search_space": {"x": {"type": "uniform", "min_value": 2, "max_value": 1}}, "sampling_algorithm": "random"},
+         None, ["min_value 2 is above max_value 1"]),
+        ({"search_space": {"x": {"type": "uniform", "low": 0}}, "sampling_algorithm": "random"}, None,
+         ["search_space.x.low: not a field of uniform", "search_space.x: uniform needs min_value, max_value"]),
+        ({"search_space": {"x": {"type": "randint", "upper": 0}}, "sampling_algorithm": "random"}, None,
+         ["search_space.x.upper: must be an integer >= 1"]),
+        ({"search_space": {"x": {"type": "choice", "values": []}}}, None, ["search_space.x.values: must be a non-empty"]),
+        ({"search_space": {}}, None, ["search_space: must map at least one"]),
+        ({"sampling_algorithm": "hyperband"}, None, ["sampling_algorithm.type: unknown 'hyperband'"]),
+        ({"sampling_algorithm": {"type": "random", "seed": "x"}}, None, ["sampling_algorithm.seed: must be an integer"]),
+        ({"objective": {"primary_metric": "score", "goal": "up"}}, None, ["objective.goal: must be maximize or minimize"]),
+        ({"objective": {"goal": "minimize"}}, None, ["objective.primary_metric: must name"]),
+        ({"limits": {"max_total_trials": 0, "wallclock": 5}}, None,
+         ["limits.wallclock: unknown field", "limits.max_total_trials: must be an integer >= 1"]),
+        ({"sampling_algorithm": "random", "limits": {}}, None, ["limits.max_total_trials: required for random"]),
+        ({"early_termination": {"type": "bandit", "evaluation_interval": 1}}, None,
+         ["bandit needs exactly one of slack_factor or slack_amount"]),
+        ({"early_termination": {"type": "bandit", "slack_factor": 0.1, "slack_amount": 1}}, None,
+         ["bandit needs exactly one of slack_factor or slack_amount"]),
+        ({"early_termination": {"type": "truncation_selection", "truncation_percentage": 100}}, None,
+         ["truncation_percentage: must be an integer from 1 to 99"]),
+        ({"early_termination": {"type": "median_stopping", "delay_evaluation": -1, "slack_factor": 0.1}}, None,
+         ["early_termination.slack_factor: not a field of median_stopping",
+          "early_termination.delay_evaluation: must be an integer >= 0"]),
+        ({"early_termination": {"type": "hyperband"}}, None, ["early_termination.type: unknown 'hyperband'"]),
+    ],
+)
+def test_validate_sweep_reports_every_problem(overrides, inputs, expected):
+    problems = validate_sweep(spec(**overrides), inputs)
+    assert len(problems) == len(expected), problems
+    for problem, fragment in zip(problems, expected):
+        assert fragment in problem
+
+
+def test_validate_reports_problems_of_every_section_together():
+    bad = spec(search_space={"y": {"type": "uniform", "min_value": 0, "max_value": 1}},
+               objective={"primary_metric": "score", "goal": "best"}, limits={"timeout": -5},
+               early_termination={"type": "bandit"})
+    problems = validate_sweep(bad, {"x"})
+    assert [p.split(":")[0] for p in problems] == [
+        "search_space.y", "search_space.y", "objective.goal", "limits.timeout", "early_termination"]
+    with pytest.raises(UserError, match="invalid sweep node") as exc:
+        run_sweep(bad, start_trial=None, log=print)
+    assert len(exc.value.problems) == 4  # without the trial's input names, the unknown input is not checked
+
+
+def test_azure_dict_with_none_fields_and_capitalised_goal_is_accepted():
+    node = spec(objective={"primary_metric": "score", "goal": "Minimize"},
+                limits={"max_total_trials": 3, "max_concurrent_trials": None, "timeout": None, "trial_timeout": None},
+                early_termination={"type": "bandit", "slack_factor": 0.1, "slack_amount": None,
+                                   "evaluation_interval": 0, "delay_evaluation": 0})
+    config, problems = read_sweep(node)
+    assert problems == []
+    assert config.goal == "minimize" and config.max_concurrent_trials == 1 and config.timeout is None
+    assert config.policy == Policy("bandit", evaluation_interval=1, delay_evaluation=0, slack_factor=0.1)
+
+
+# ---------------------------------------------------------------------------------------------------- policies
+
+BANDIT_F = Policy("bandit", slack_factor=0.2)
+BANDIT_A = Policy("bandit", slack_amount=0.5)
+MEDIAN = Policy("median_stopping")
+TRUNC20 = Policy("truncation_selection", truncation_percentage=20)
+TRUNC50 = Policy("truncation_selection", truncation_percentage=50)
+
+
+@pytest.mark.parametrize(
+    "policy, goal, histories, index, interval, stop",
+    [
+        # Azure ML's example: best 0.8, slack_factor 0.2 -> trials below 0.8 / 1.2 = 0.667 stop
+        (BANDIT_F, "maximize", {0: [0.8], 1: [0.65]}, 1, 1, True),
+        (BANDIT_F, "maximize", {0: [0.8], 1: [0.7]}, 1, 1, False),
+        (BANDIT_F, "maximize", {0: [0.8], 1: [0.65]}, 0, 1, False),  # the leader never stops
+        (BANDIT_F, "minimize", {0: [1.0], 1: [1.25]}, 1, 1, True),  # above 1.0 * 1.2
+        (BANDIT_F, "minimize", {0: [1.0], 1: [1.15]}, 1, 1, False),
+        (BANDIT_A, "minimize", {0: [1.0], 1: [1.6]}, 1, 1, True),
+        (BANDIT_A, "minimize", {0: [1.0], 1: [1.4]}, 1, 1, False),
+        (BANDIT_A, "maximize", {0: [-1.0], 1: [-1.6]}, 1, 1, True),
+        # compared at the same interval only: trial 0 was worse at interval 1
+        (BANDIT_A, "maximize", {0: [0.1, 9.0], 1: [0.5]}, 1, 1, False),
+        (BANDIT_A, "maximize", {0: [0.1, 9.0], 1: [0.5, 0.6]}, 1, 2, True),
+        # the best value so far counts, not the last one
+        (BANDIT_A, "maximize", {0: [1.0, 1.0], 1: [1.0, 0.0]}, 1, 2, False),
+        # delay_evaluation and evaluation_interval: applied at multiples of the interval >= the delay
+        (Policy("bandit", slack_amount=0.5, delay_evaluation=2), "maximize", {0: [1, 1], 1: [0, 0]}, 1, 1, False),
+        (Policy("bandit", slack_amount=0.5, delay_evaluation=2), "maximize", {0: [1, 1], 1: [0, 0]}, 1, 2, True),
+        (Policy("bandit", slack_amount=0.5, evaluation_interval=2), "maximize", {0: [1] * 3, 1: [0] * 3}, 1, 3, False),
+        (Policy("bandit", slack_amount=0.5, evaluation_interval=2), "maximize", {0: [1] * 4, 1: [0] * 4}, 1, 4, True),
+        # a trial alone at its interval has nothing to be compared with
+        (BANDIT_A, "maximize", {0: [5.0], 1: [0.0, 0.0]}, 1, 2, False),
+        # median stopping: running averages 1, 2, 0.5 -> median 1
+        (MEDIAN, "maximize", {0: [1, 1, 1], 1: [2, 2, 2], 2: [0.5, 0.5, 0.5]}, 2, 3, True),
+        (MEDIAN, "maximize", {0: [1, 1, 1], 1: [2, 2, 2], 2: [0.5, 0.5, 0.5]}, 0, 3, False),
+        (MEDIAN, "maximize", {0: [1, 1, 1], 1: [2, 2, 2], 2: [0.1, 1.5, 0.2]}, 2, 3, False),  # best so far 1.5
+        (MEDIAN, "minimize", {0: [1, 1], 1: [2, 2], 2: [3, 3]}, 2, 2, True),
+        (MEDIAN, "minimize", {0: [1, 1], 1: [2, 2], 2: [3, 3]}, 1, 2, False),
+        # truncation selection: lowest 20 % of 5 trials = 1 trial; 50 % = 2 trials
+        (TRUNC20, "maximize", {i: [v] for i, v in enumerate([5, 4, 3, 2, 1])}, 4, 1, True),
+        (TRUNC20, "maximize", {i: [v] for i, v in enumerate([5, 4, 3, 2, 1])}, 3, 1, False),
+        (TRUNC50, "maximize", {i: [v] for i, v in enumerate([5, 4, 3, 2, 1])}, 3, 1, True),
+        (TRUNC50, "minimize", {i: [v] for i, v in enumerate([5, 4, 3, 2, 1])}, 0, 1, True),
+        (TRUNC50, "minimize", {i: [v] for i, v in enumerate([5, 4, 3, 2, 1])}, 2, 1, False),
+        (TRUNC20, "maximize", {0: [5], 1: [1]}, 1, 1, False),  # 20 % of 2 trials rounds down to none
+        # truncation ranks the value at the interval, compared with the others' values at that interval
+        (TRUNC50, "maximize", {0: [1, 9], 1: [2, 0]}, 1, 1, False),
+        (TRUNC50, "maximize", {0: [1, 9], 1: [2, 0]}, 1, 2, True),
+    ],
+)
+def test_policy_decisions(policy, goal, histories, index, interval, stop):
+    reason = termination_reason(policy, goal, histories, index, interval)
+    assert (reason is not None) is stop, reason
+    if stop:
+        assert reason.startswith(policy.type)
+
+
+def test_best_trial_is_the_best_completed_one():
+    records = [
+        {"index": 0, "status": "early_terminated", "metric": 10.0},
+        {"index": 1, "status": "completed", "metric": 2.0},
+        {"index": 2, "status": "failed", "metric": 9.0},
+        {"index": 3, "status": "completed", "metric": 2.0},
+        {"index": 4, "status": "completed", "metric": None},
+        {"index": 5, "status": "completed", "metric": 1.0},
+    ]
+    assert best_trial(records, "maximize")["index"] == 1  # ties: the first
+    assert best_trial(records, "minimize")["index"] == 5
+    assert best_trial(records[:1] + records[2:3], "maximize") is None
+
+
+# ---------------------------------------------------------------------------------------------------- orchestration
+
+
+@pytest.fixture(scope="module")
+def tracking(tmp_path_factory):
+    """An MLflow sqlite store with one experiment; returns (uri, experiment_id)."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    experiment_id = MlflowClient(uri).create_experiment("sweep-tests")
+    return uri, experiment_id
+
+
+class Launcher:
+    """`start_trial` for run_sweep: one objective.py process per trial, each with its own MLflow run."""
+
+    def __init__(self, tracking, tmp_path, steps=1, sleep=0.0):
+        from mlflow import MlflowClient
+
+        self.uri, self.experiment_id = tracking
+        self.client = MlflowClient(self.uri)
+        self.tmp_path, self.steps, self.sleep = tmp_path, steps, sleep
+        self.trials: list[Trial] = []
+        self.running_at_start: list[int] = []  # trials still running when each trial started
+
+    def __call__(self, index: int, params: dict) -> Trial:
+        self.running_at_start.append(sum(t.poll() is None for t in self.trials))
+        run_id = self.client.create_run(self.experiment_id, run_name=f"trial-{index}").info.run_id
+        out = self.tmp_path / f"trial-{index}"
+        env = {**os.environ, "MLFLOW_TRACKING_URI": self.uri, "MLFLOW_RUN_ID": run_id}
+        process = subprocess.Popen(
+            [sys.executable, str(OBJECTIVE), "--x", str(params["x"]), "--steps", str(self.steps),
+             "--sleep", str(self.sleep), "--out", str(out)],
+            env=env, start_new_session=True)
+        trial = Trial.from_process(index, params, run_id, {"out": out}, process)
+        self.trials.append(trial)
+        return trial
+
+
+@pytest.fixture
+def tracked(tracking, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking[0])
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    return tracking
+
+
+def test_sweep_finds_the_best_trial_with_limited_concurrency(tracked, tmp_path):
+    launcher = Launcher(tracked, tmp_path, steps=2)
+    lines: list[str] = []
+    node = spec(search_space={"x": {"type": "choice", "values": [-1, 1, 3, 4]}},
+                limits={"max_concurrent_trials": 2})
+    result = run_sweep(node, launcher, lines.append)
+
+    assert (result.best_index, result.best_params, result.best_metric) == (2, {"x": 3}, 0.0)
+    assert (result.best_outputs["out"] / "x.txt").read_text() == "3.0\n"
+    assert [(t["params"]["x"], t["status"], t["metric"]) for t in result.trials] == [
+        (-1, "failed", None), (1, "completed", -4.0), (3, "completed", 0.0), (4, "completed", -1.0)]
+    assert max(launcher.running_at_start) == 1  # never a third trial while two run
+    assert any("trial 0 failed" in line and "exit code 3" in line for line in lines)
+    assert lines[-1].startswith("sweep: best trial 2 score=0")
+
+
+def test_bandit_kills_a_slow_bad_trial(tracked, tmp_path):
+    launcher = Launcher(tracked, tmp_path, steps=20, sleep=0.5)  # x=0: 1.5 s per step, 30 s in all
+    node = spec(search_space={"x": {"type": "choice", "values": [3, 0]}},
+                early_termination={"type": "bandit", "slack_amount": 1.0, "evaluation_interval": 1,
+                                   "delay_evaluation": 1})
+    lines: list[str] = []
+    started = time.monotonic()
+    result = run_sweep(node, launcher, lines.append)
+
+    assert time.monotonic() - started < 20
+    assert [(t["status"], t["metric"]) for t in result.trials] == [("completed", 0.0), ("early_terminated", -9.0)]
+    assert launcher.trials[1].poll() is not None  # the process is gone
+    assert any("trial 1 early_terminated" in line and "bandit" in line for line in lines)
+    assert result.best_index == 0
+
+
+def sleeper(index: int, params: dict) -> Trial:
+    """A cheap trial for the time-limit tests: x=3 exits at once, any other x sleeps 60 s."""
+    seconds = 0 if params["x"] == 3 else 60
+    process = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"], start_new_session=True)
+    return Trial.from_process(index, params, f"run-{index}", {}, process)
+
+
+@pytest.mark.parametrize("limits, status", [
+    ({"max_concurrent_trials": 2, "timeout": 3}, "canceled"),
+    ({"max_concurrent_trials": 2, "trial_timeout": 3}, "timed_out"),
+])
+def test_time_limits_kill_running_trials(limits, status):
+    trials: list[Trial] = []
+    node = spec(search_space={"x": {"type": "choice", "values": [3, 0]}}, limits=limits)
+    metrics = {"run-0": [0.0], "run-1": [-9.0]}  # what each trial "logged"
+    started = time.monotonic()
+    result = run_sweep(node, lambda i, p: trials.append(sleeper(i, p)) or trials[-1], print,
+                       read_history=metrics.__getitem__)
+
+    assert 3 <= time.monotonic() - started < 6
+    assert [(t["status"], t["metric"]) for t in result.trials] == [("completed", 0.0), (status, -9.0)]
+    assert trials[1].poll() is not None  # the process is gone
+    assert result.best_index == 0
+
+
+def test_sweep_fails_when_no_trial_logs_the_metric(tracked, tmp_path):
+    node = spec(search_space={"x": {"type": "choice", "values": [-1, -2]}})
+    with pytest.raises(UserError, match="no completed trial logged the primary metric 'score'") as exc:
+        run_sweep(node, Launcher(tracked, tmp_path), print)
+    assert exc.value.problems == ["trial 0: failed, metric None", "trial 1: failed, metric None"]
