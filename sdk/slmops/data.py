@@ -343,6 +343,8 @@ def render_messages(rows: list[Row], messages_column: str, label_column: str | N
     prompt = every turn before the final assistant turn, with the generation prompt appended;
     completion = what the template writes for the final assistant turn (its content and end marker).
     """
+    from jinja2 import TemplateError
+
     examples, problems = [], []
     for row in rows:
         before = len(problems)
@@ -350,8 +352,13 @@ def render_messages(rows: list[Row], messages_column: str, label_column: str | N
         label = _label(row, label_column, problems)
         if len(problems) > before:
             continue
-        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        try:
+            prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+            full = tokenizer.apply_chat_template(messages, tokenize=False)
+        except TemplateError as exc:  # e.g. a template that does not accept a system turn
+            problems.append(f"{row.where}: field {messages_column!r}: the model's chat template rejected these "
+                            f"messages ({exc})")
+            continue
         if full.startswith(prompt):
             completion = full[len(prompt):]
         else:  # templates that rewrite earlier turns (e.g. drop past reasoning): keep the content itself

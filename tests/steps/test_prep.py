@@ -391,6 +391,38 @@ def test_missing_paths_and_model_reported_together(tmp_path, capsys):
     assert "nope.jsonl' is not a file" in err and "exactly one of --base_model, --base_model_id" in err
 
 
+NO_SYSTEM_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize("chat_template,expected", [
+    (NO_SYSTEM_TEMPLATE, ["d.jsonl:12: field 'messages': the model's chat template rejected these messages",
+                          "System role not supported"]),
+    (None, ["--format messages needs a chat template", "use --format template"]),
+], ids=["template_rejects_system_turn", "no_chat_template"])
+def test_chat_template_problems(tmp_path, tiny_model, capsys, chat_template, expected):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    (model / "chat_template.jinja").unlink()
+    if chat_template is not None:
+        (model / "chat_template.jinja").write_text(chat_template)
+    sys_turn = {"messages": [{"role": "system", "content": "s"}] + MSG["messages"]}
+    src = write_jsonl(tmp_path / "d.jsonl", _numbered([MSG] * 11 + [sys_turn]))
+    with pytest.raises(SystemExit) as exc:
+        run_main(main, ["--data", str(src), "--format", "messages", "--base_model", str(model),
+                        "--output_data", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    for text in expected:
+        assert text in err, f"{text!r} not in:\n{err}"
+    assert not (tmp_path / "out").exists()
+
+
 def test_empty_folder(tmp_path, tiny_model, capsys):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "notes.txt").write_text("x")

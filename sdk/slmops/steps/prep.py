@@ -170,6 +170,7 @@ def main(argv=None) -> dict:
         "source": {"data": args.data, "data_dir": args.data_dir, "dataset_name": args.dataset_name,
                    "dataset_split": args.dataset_split, "max_rows": args.max_rows, "files_skipped": skipped},
         "sha256": sha256,
+        "base_model": args.base_model or args.base_model_id,
         "tokenizer": tokenizer.name_or_path,
         "format": args.format,
         "template": template,
