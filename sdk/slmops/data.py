@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import random
 import string
@@ -116,7 +117,7 @@ def read_file(path: Path, name: str) -> tuple[list[Row], list[str]]:
 
 def _read_jsonl(text: str, name: str) -> tuple[list[Row], list[str]]:
     rows, problems = [], []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines(): JSON strings may hold U+2028
         if not line.strip():
             continue
         try:
@@ -186,7 +187,7 @@ def _read_json_columns(text: str, name: str) -> tuple[list[Row], list[str]]:
 
 def _read_csv(text: str, name: str) -> tuple[list[Row], list[str]]:
     rows, problems = [], []
-    reader = csv.DictReader(text.splitlines(keepends=True))
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted fields may span lines
     start = 2  # line 1 is the header
     try:
         for record in reader:

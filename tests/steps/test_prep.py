@@ -178,6 +178,20 @@ def test_input_types_give_identical_output(tmp_path, tiny_model, make):
     assert report["source"]["files_skipped"] == (["README.md"] if src.is_dir() else [])
 
 
+def test_line_numbers_survive_multiline_csv_and_unicode_separators(tmp_path, tiny_model, capsys):
+    """A quoted CSV field spanning lines, and a JSON string holding U+2028, keep later line numbers right."""
+    (tmp_path / "d.csv").write_text('phrase,tone\n"two\nlines",sad\n' + "".join(f"p\u2028{i},sad\n" for i in range(10))
+                                    + "p,\n")
+    write_jsonl(tmp_path / "d.jsonl", [json.dumps({"phrase": f"a\u2028b {i}", "tone": "sad"}, ensure_ascii=False)
+                                       for i in range(10)] + [{"phrase": "c"}])
+    for name, expected in (("d.csv", "d.csv:14: field 'tone' is empty"),
+                           ("d.jsonl", "d.jsonl:11: field 'tone' is missing")):
+        with pytest.raises(SystemExit):
+            run_main(main, ["--data", str(tmp_path / name), "--template", TONE_TEMPLATE, "--base_model",
+                            str(tiny_model), "--output_data", str(tmp_path / "out")])
+        assert expected in capsys.readouterr().err
+
+
 # --- split slices ---------------------------------------------------------------------------------------------
 
 SLICES = ["train", "train[:50]", "train[50:75]", "train[10%:20%]", "train[-30:]", "train[:33%]",
