@@ -27,7 +27,6 @@ import importlib.util
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 from slmops import tracking
@@ -137,34 +136,26 @@ def validate(args) -> None:
         raise UserError("finetune: invalid arguments", problems=problems)
 
 
-def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
-    validate(args)
-    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    precision = choose_precision(args.precision, **hardware())
-    # An absolute path, so the adapter's base_model_name_or_path (and the MLflow model's source) still resolve
-    # from another working directory; a hub id stays as given.
-    base_ref = str(Path(args.base_model).resolve()) if args.base_model else args.base_model_id
-    peft_method = args.method != "full"
-    checkpoints = Path(args.checkpoints)
-    resume_from = latest_checkpoint(checkpoints)
-
-    import torch
-    from transformers import BitsAndBytesConfig, EarlyStoppingCallback
-    from trl import SFTConfig, SFTTrainer
-
-    # ---- data (validated against the prep contract) -----------------------------------------------------
+def load_data(args):
+    """train/validation rows of prep's output as datasets TRL takes as tokenized; plus the longest train row."""
     train_rows = read_prepared(Path(args.train_data) / "train.jsonl")
     eval_rows = read_prepared(Path(args.train_data) / "validation.jsonl")
-    train_ds = to_dataset(train_rows, args.completion_only_loss)
-    eval_ds = to_dataset(eval_rows, args.completion_only_loss)
     longest = max(len(r["input_ids"]) for r in train_rows)
+    return (to_dataset(train_rows, args.completion_only_loss), to_dataset(eval_rows, args.completion_only_loss),
+            longest)
 
-    # ---- model: base (4-bit NF4 for qlora), then the adapter --------------------------------------------
+
+def load_model(args, base_ref: str, precision: str):
+    """The base model (4-bit NF4 for qlora, fp32 weights otherwise: mixed precision autocasts) and its tokenizer,
+    wrapped with a LoRA/DoRA adapter unless the method is full."""
+    import torch
+
     tokenizer = load_tokenizer(base_ref)
     compute_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
     quantization = None
     if args.method == "qlora":
+        from transformers import BitsAndBytesConfig
+
         quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                           bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype)
     torch.manual_seed(args.seed)
@@ -175,7 +166,7 @@ def main(argv=None) -> None:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
-    if peft_method:
+    if args.method != "full":
         from peft import LoraConfig, get_peft_model
 
         targets = args.target_modules if args.target_modules == "all-linear" else args.target_modules.split(",")
@@ -183,12 +174,20 @@ def main(argv=None) -> None:
                           target_modules=targets, use_dora=args.method == "dora", task_type="CAUSAL_LM",
                           modules_to_save=args.modules_to_save.split(",") if args.modules_to_save else None)
         model = get_peft_model(model, lora)
+    return model, tokenizer
 
-    # ---- trainer -----------------------------------------------------------------------------------------
+
+def build_trainer(args, model, tokenizer, train_ds, eval_ds, longest: int, precision: str, callbacks: list):
+    """TRL's SFTTrainer with every setting explicit (SFTConfig's own defaults are GPU-minded: bf16 and
+    gradient checkpointing on)."""
+    import torch
+    from transformers import EarlyStoppingCallback
+    from trl import SFTConfig, SFTTrainer
+
     evaluating = args.eval_steps > 0
     early_stopping = args.early_stopping_patience > 0
     config = SFTConfig(
-        output_dir=str(checkpoints),
+        output_dir=args.checkpoints,
         seed=args.seed, data_seed=args.seed,
         learning_rate=args.learning_rate, lr_scheduler_type=args.lr_scheduler, warmup_steps=args.warmup_ratio,
         num_train_epochs=args.num_epochs, max_steps=args.max_steps,
@@ -206,15 +205,33 @@ def main(argv=None) -> None:
         greater_is_better=False if early_stopping else None,
         logging_steps=args.logging_steps, logging_first_step=True, report_to="none", disable_tqdm=True,
         include_num_input_tokens_seen="non_padding" if args.batching == "padding" else "all",
+        use_cpu=not torch.cuda.is_available(),  # also what makes torchrun on CPU use gloo DDP
         ddp_find_unused_parameters=False, dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
         deepspeed=str(DEEPSPEED_CONFIGS[args.deepspeed]) if args.deepspeed != "none" else None,
     )
-    metrics = metrics_callback()
-    callbacks = [metrics]
     if early_stopping:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience))
-    trainer = SFTTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds if evaluating else None,
-                         processing_class=tokenizer, callbacks=callbacks)
+        callbacks = [*callbacks, EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience)]
+    return SFTTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds if evaluating else None,
+                      processing_class=tokenizer, callbacks=callbacks)
+
+
+def main(argv=None) -> None:
+    # ---- parse and validate: every problem at once, before anything is loaded ----------------------------
+    args = build_parser().parse_args(argv)
+    validate(args)
+    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    precision = choose_precision(args.precision, **hardware())
+    # An absolute path, so the adapter's base_model_name_or_path (and the MLflow model's source) still resolve
+    # from another working directory; a hub id stays as given.
+    base_ref = str(Path(args.base_model).resolve()) if args.base_model else args.base_model_id
+    checkpoints = Path(args.checkpoints)
+    resume_from = latest_checkpoint(checkpoints)
+
+    # ---- load data and model, build the trainer ----------------------------------------------------------
+    train_ds, eval_ds, longest = load_data(args)
+    model, tokenizer = load_model(args, base_ref, precision)
+    metrics = metrics_callback()
+    trainer = build_trainer(args, model, tokenizer, train_ds, eval_ds, longest, precision, [metrics])
 
     # ---- train (resuming from the latest checkpoint a previous attempt left) -----------------------------
     params = {k: v for k, v in vars(args).items() if k not in ("adapter", "model", "metrics", "checkpoints")}
@@ -222,7 +239,7 @@ def main(argv=None) -> None:
         tracking.log_params({**params, "precision_chosen": precision, "world_size": world_size,
                              "resumed_from": resume_from.name if resume_from else None})
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        final_eval = trainer.evaluate() if evaluating else {}
+        final_eval = trainer.evaluate() if args.eval_steps > 0 else {}
         # Every rank takes part in saving (ZeRO-3 gathers the weights); only the main process writes.
         final = checkpoints / "final"
         trainer.save_model(str(final))
@@ -242,31 +259,37 @@ def main(argv=None) -> None:
             "tokens_per_s": round(metrics.tokens_this_attempt / max(metrics.train_seconds, 1e-9), 1),
             "train_loss": result.training_loss, "final_loss": losses[-1] if losses else None,
             "final_eval_loss": final_eval.get("eval_loss"),
-            "best_eval_loss": trainer.state.best_metric if early_stopping else None,
+            "best_eval_loss": trainer.state.best_metric if args.early_stopping_patience > 0 else None,
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "base_loaded_in_4bit": bool(getattr(model, "is_loaded_in_4bit", False)),
         }
-        with atomic_dir(args.adapter) as tmp:
-            if peft_method:
-                for f in final.iterdir():
-                    if f.is_file() and (f.name.startswith("adapter_") or f.name == "README.md"):
-                        shutil.copy(f, tmp / f.name)
-            else:
-                (tmp / "README.md").write_text(
-                    "# No adapter\n\nThis model was trained with `--method full`: every weight changed, so there is "
-                    "no PEFT adapter. Use the `model` output (the fine-tuned model as an MLflow model).\n")
-        with atomic_dir(args.model) as tmp:
-            if peft_method:  # fold the adapter into a full-precision copy of the base (also right for qlora)
-                merged = load_causal_lm(args.adapter, dtype=torch.float32, merge_adapter=True)
-            else:
-                merged = load_causal_lm(final, dtype=torch.float32)
-            merged.name_or_path = merged.config.name_or_path = base_ref  # the lineage MLflow records
-            tiny_marker = Path(resolve(base_ref).weights) / TINY_MARKER if resolve(base_ref).is_local else None
-            save_mlflow_transformers(merged, tokenizer, tmp, tiny_marker=tiny_marker)
-        with atomic_dir(args.metrics) as tmp:
-            write_json(tmp / "train_history.json", history)
-            write_json(tmp / "train_summary.json", summary)
-        tracking.log_metrics({k: v for k, v in summary.items() if k in ("tokens_per_s", "tokens_seen")})
+        save_outputs(args, final, base_ref, tokenizer, history, summary)
+        tracking.log_metrics({k: summary[k] for k in ("tokens_per_s", "tokens_seen")})
         print(json.dumps(summary, indent=2))
+
+
+def save_outputs(args, final: Path, base_ref: str, tokenizer, history: list, summary: dict) -> None:
+    """Write the adapter, the merged MLflow model and the metrics; all three land together or not at all."""
+    import torch
+
+    with atomic_dir(args.adapter) as adapter, atomic_dir(args.model) as model, atomic_dir(args.metrics) as metrics:
+        if args.method == "full":
+            (adapter / "README.md").write_text(
+                "# No adapter\n\nThis model was trained with `--method full`: every weight changed, so there is "
+                "no PEFT adapter. Use the `model` output (the fine-tuned model as an MLflow model).\n")
+            merged = load_causal_lm(final, dtype=torch.float32)
+        else:
+            for f in final.iterdir():
+                if f.is_file() and (f.name.startswith("adapter_") or f.name == "README.md"):
+                    shutil.copy(f, adapter / f.name)
+            # Fold the adapter into a full-precision copy of the base (also right for qlora's 4-bit base).
+            merged = load_causal_lm(adapter, dtype=torch.float32, merge_adapter=True)
+        merged.name_or_path = merged.config.name_or_path = base_ref  # the lineage MLflow records
+        source = resolve(base_ref)
+        save_mlflow_transformers(merged, tokenizer, model,
+                                 tiny_marker=Path(source.weights) / TINY_MARKER if source.is_local else None)
+        write_json(metrics / "train_history.json", history)
+        write_json(metrics / "train_summary.json", summary)
 
 
 if __name__ == "__main__":
