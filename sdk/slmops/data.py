@@ -5,7 +5,8 @@ the problems it found as strings naming the file, line and field (`"tone.jsonl:1
 instead of raising on the first one, so the step can report all of them at once.
 
 Rows carry where they came from (`Row.where`): `file:line` for JSON Lines, CSV and pretty-printed JSON arrays,
-`file row N` for Parquet, `dataset[split] row N` for a Hugging Face dataset.
+`file row N` for Parquet, `file record N` for a JSON object of columns, `dataset[split] row N` for a Hugging
+Face dataset.
 """
 
 from __future__ import annotations
@@ -110,8 +111,11 @@ def read_file(path: Path, name: str) -> tuple[list[Row], list[str]]:
         return _read_csv(text, name)
     if kind == "json" and text.lstrip()[:1] in ("[", ""):
         return _read_json_array(text, name)
-    if kind == "json" and text.lstrip()[:1] == "{" and _is_one_json_value(text):
-        return _read_json_columns(text, name)
+    if kind == "json" and text.lstrip()[:1] == "{":
+        try:
+            return _read_json_columns(json.loads(text), name)
+        except json.JSONDecodeError:
+            pass  # not one JSON value: JSON Lines saved as .json
     return _read_jsonl(text, name)
 
 
@@ -130,14 +134,6 @@ def _read_jsonl(text: str, name: str) -> tuple[list[Row], list[str]]:
             continue
         rows.append(Row(f"{name}:{lineno}", value))
     return rows, problems
-
-
-def _is_one_json_value(text: str) -> bool:
-    try:
-        json.loads(text)
-    except json.JSONDecodeError:
-        return False
-    return True
 
 
 def _read_json_array(text: str, name: str) -> tuple[list[Row], list[str]]:
@@ -172,9 +168,8 @@ def _read_json_array(text: str, name: str) -> tuple[list[Row], list[str]]:
     return rows, problems
 
 
-def _read_json_columns(text: str, name: str) -> tuple[list[Row], list[str]]:
-    """A JSON object of equal-length columns (`{"phrase": [...], "tone": [...]}`), as pandas writes them."""
-    obj = json.loads(text)
+def _read_json_columns(obj: dict, name: str) -> tuple[list[Row], list[str]]:
+    """A JSON object of equal-length columns (`{"phrase": [...], "tone": [...]}`)."""
     if not obj or not all(isinstance(v, list) for v in obj.values()):
         return [], [f"{name}: a JSON object must map column names to lists of equal length; use a JSON array "
                     "of records or JSON Lines instead"]
@@ -413,12 +408,17 @@ def _label(row: Row, label_column: str | None, problems: list[str]) -> str | Non
     return _field(row, label_column, "the label column", problems)
 
 
-def missing_label_column(rows: list[Row], label_column: str | None) -> str | None:
-    """A problem string when no row has `label_column` at all (rather than one message per row)."""
-    if label_column is None or not rows or any(label_column in r.values for r in rows):
-        return None
+def absent_columns(rows: list[Row], needed: dict[str, str]) -> list[str]:
+    """One problem per needed column that no row has at all (rather than one message per row).
+
+    `needed` maps a column to the flag that names it, e.g. {"tone": "--label_column"}.
+    """
+    if not rows:
+        return []
+    present = {k for r in rows for k in r.values}
     columns = sorted({k for r in rows[:100] for k in r.values})
-    return f"--label_column {label_column!r} is not a column of the data; columns are {columns}"
+    return [f"{flag} names column {column!r}, which is in no row of the data; columns are {columns}"
+            for column, flag in needed.items() if column not in present]
 
 
 def drop_duplicates(examples: list[Example]) -> tuple[list[Example], int]:

@@ -109,6 +109,19 @@ def check_args(args: argparse.Namespace) -> list[str]:
     return problems
 
 
+def needed_columns(args: argparse.Namespace, template: str | None) -> dict[str, str]:
+    """The data columns the arguments name, each with the flag that names it."""
+    if args.format == "template":
+        needed = {field: "--template" for field in data.template_fields(template)[0]}
+    elif args.format == "prompt_completion":
+        needed = {args.prompt_column: "--prompt_column", args.completion_column: "--completion_column"}
+    else:
+        needed = {args.messages_column: "--messages_column"}
+    if args.label_column:
+        needed.setdefault(args.label_column, "--label_column")
+    return needed
+
+
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     problems = check_args(args)
@@ -134,8 +147,9 @@ def main(argv=None) -> dict:
     if args.max_rows:
         rows = rows[:args.max_rows]
     sha256 = data.content_hash(rows)
-    if (label_problem := data.missing_label_column(rows, args.label_column)) is not None:
-        raise UserError("prep: the data does not fit the arguments", problems=problems + [label_problem])
+    if absent := data.absent_columns(rows, needed_columns(args, template)):
+        raise UserError("prep: the data does not have the columns the arguments name; nothing was written",
+                        problems=data.cap(problems + absent))
 
     # Render.
     if args.format == "template":
@@ -157,7 +171,8 @@ def main(argv=None) -> dict:
         problems.append(f"only {len(examples)} usable examples after dropping {duplicates} duplicates "
                         f"(from {len(rows)} rows); at least {MIN_EXAMPLES} are needed")
     if problems:
-        raise UserError(f"prep: {len(problems)} problems in the data; nothing was written",
+        raise UserError(f"prep: {len(problems)} problem{'s' if len(problems) > 1 else ''} in the data; nothing "
+                        "was written",
                         problems=data.cap(problems))
 
     # Hold out validation.
