@@ -314,7 +314,12 @@ class Executor:
             code = active.handle.adopt_best(active.outputs)
         if code != 0:
             self.tracker.end_run(active.run_id, "FAILED")
-            reason = active.handle.error if node.kind == "sweep" and active.handle.error else f"exit code {code}"
+            if node.kind == "sweep" and active.handle.error:
+                reason = active.handle.error
+            elif code < 0:
+                reason = f"killed by signal {signal.Signals(-code).name}"
+            else:
+                reason = f"exit code {code}"
             self.failed.append((name, reason))
             self._record(node, active.key, active.run_id, "failed", None, reason)
             self._set(name, "failed", f"{reason}; log: {log_path}")

@@ -55,17 +55,56 @@ def cached_graph(pipeline: Path, sets: dict[str, str], store: Path) -> Graph:
 
 # ------------------------------------------------------------------------------------------------ azure-ai-ml
 
-def _load_job(pipeline: Path):
-    """azure-ai-ml's `load_job`, with its load-time schema errors turned into per-field problems."""
+def _load_job(pipeline: Path, tmp: Path):
+    """azure-ai-ml's `load_job`, with its load-time schema errors turned into per-field problems.
+
+    azure-ai-ml stops at the first component whose `code:` folder is missing; such components (of top-level
+    jobs) are reported here and loaded with an empty stand-in folder, so every other problem is reported too.
+    """
     import logging
 
     logging.getLogger("azure.ai.ml._utils._experimental").disabled = True   # "experimental class" notices
     from azure.ai.ml import load_job
 
+    problems: list[str] = []
+    overrides = _missing_code_overrides(pipeline, tmp, problems)
     try:
-        return load_job(str(pipeline)), []
+        return load_job(str(pipeline), params_override=overrides), problems
     except Exception as exc:                               # marshmallow ValidationError / ValidationException
-        return None, _azure_problems(str(exc))
+        return None, problems + _azure_problems(str(exc))
+
+
+def _missing_code_overrides(pipeline: Path, tmp: Path, problems: list[str]) -> list[dict]:
+    """Find top-level jobs whose component's `code:` folder does not exist (a reference walk of the YAML)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(pipeline.read_text()) or {}
+    except yaml.YAMLError:
+        return []                                          # azure-ai-ml reports the syntax error
+    overrides = []
+    for name, job in (raw.get("jobs") or {}).items() if isinstance(raw, dict) else []:
+        if not isinstance(job, dict):
+            continue
+        key = "trial" if job.get("type") == "sweep" else "component"
+        ref, source = job.get(key), pipeline
+        if isinstance(ref, str) and not ref.startswith("azureml:") and (pipeline.parent / ref).is_file():
+            source = (pipeline.parent / ref).resolve()
+            try:
+                ref = yaml.safe_load(source.read_text())
+            except yaml.YAMLError:
+                continue
+        if not isinstance(ref, dict) or not isinstance(ref.get("code"), str):
+            continue
+        code = ref["code"]
+        if code.startswith(("azureml:", "git+")) or "://" in code or (source.parent / code).is_dir():
+            continue
+        problems.append(f"jobs.{name}.{key}.code: folder {(source.parent / code).resolve()} does not exist. "
+                        f"Fix: correct `code:` in {source} (it is relative to that file).")
+        stand_in = tmp / f"missing-code-{name}"
+        stand_in.mkdir(parents=True, exist_ok=True)
+        overrides.append({f"jobs.{name}.{key}": dict(ref, code=str(stand_in))})
+    return overrides
 
 
 def _azure_problems(text: str) -> list[str]:
@@ -80,9 +119,18 @@ def _azure_problems(text: str) -> list[str]:
                     errors = json.loads(text[start:end + 1]).get("errors", [])
                 except json.JSONDecodeError:
                     break
-                return [f"{e.get('path', '?')}: {e.get('message', '').strip()} (value: {e.get('value')!r})"
-                        for e in errors if not e.get("message", "").startswith(IGNORED_AZURE_ERRORS)]
+                return [_azure_problem(e) for e in errors
+                        if not e.get("message", "").startswith(IGNORED_AZURE_ERRORS)]
     return [f"azure-ai-ml could not load the pipeline: {text.strip().splitlines()[0] if text.strip() else text}"]
+
+
+def _azure_problem(error: dict) -> str:
+    message = str(error.get("message", "")).strip()
+    missing = re.search(r"Can't find directory or file in resolved absolute path: (.*?)\.?;", message)
+    if missing:
+        message = f"{missing.group(1)} does not exist. Fix: correct the path (it is relative to its YAML file)."
+    value = error.get("value")
+    return f"{error.get('path', '?')}: {message}" + (f" (value: {value!r})" if value is not None else "")
 
 
 # ------------------------------------------------------------------------------------------------ typed values
@@ -335,9 +383,16 @@ def build_graph(pipeline: Path, sets: dict[str, str], for_run: bool) -> tuple[Gr
     pipeline = Path(pipeline)
     if not pipeline.is_file():
         raise UserError(f"pipeline file {pipeline} does not exist. Fix: pass the path of a pipeline-job YAML.")
-    job, problems = _load_job(pipeline)
-    if job is None:
-        raise UserError(f"{pipeline} is not a valid pipeline job:", problems=problems)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="slmops-validate-") as tmp:
+        job, problems = _load_job(pipeline, Path(tmp))
+        if job is None:
+            raise UserError(f"{pipeline} is not a valid pipeline job:", problems=problems)
+        return _build(pipeline, job, problems, sets, for_run)
+
+
+def _build(pipeline: Path, job, problems: list[str], sets: dict[str, str], for_run: bool) -> tuple[Graph, set[str]]:
     if getattr(job, "type", None) != "pipeline":
         raise UserError(f"{pipeline} is a '{job.type}' job, not a pipeline. Fix: give a `type: pipeline` job YAML.")
     result = job._validate()

@@ -39,6 +39,7 @@ def main() -> None:
     if a.scale is not None:
         total *= a.scale
     print(f"total={total} flag={a.flag} cwd_has_step={Path('step.py').exists()}", flush=True)
+    print(f"run={os.environ.get('MLFLOW_RUN_ID')} root={os.environ.get('AZUREML_ROOT_RUN_ID')}", flush=True)
     if a.checkpoints:
         ck = Path(a.checkpoints)
         ck.mkdir(parents=True, exist_ok=True)
