@@ -273,6 +273,9 @@ def template_fields(template: str) -> tuple[list[str], str | None]:
     if any(f == "" or f.isdigit() for f in fields):
         return [], (f"--template {template!r} has positional placeholders like {{}} or {{0}}; name the column "
                     "in each, e.g. {phrase}")
+    if any(spec or conversion for _, f, spec, conversion in parsed if f is not None):
+        return [], (f"--template {template!r} has a placeholder with a format spec or conversion ({{x:...}}, "
+                    "{x!r}); values are inserted as text, so write just {x}")
     return fields, None
 
 
@@ -308,10 +311,7 @@ def render_template(rows: list[Row], template: str, label_column: str | None) ->
         label = _label(row, label_column, problems)
         if len(problems) > before:
             continue
-        pieces = []
-        for literal, field, spec, conversion in parsed:
-            value = "" if field is None else format(values[field], spec or "")
-            pieces.append((literal, value))
+        pieces = [(literal, "" if field is None else values[field]) for literal, field, _, _ in parsed]
         prompt = "".join(lit + val for lit, val in pieces[:last]) + pieces[last][0]
         completion = pieces[last][1] + "".join(lit + val for lit, val in pieces[last + 1:])
         examples.append(Example(row.where, prompt, completion, label))
@@ -488,6 +488,7 @@ def tokenize(examples: list[Example], tokenizer, *, max_seq_len: int, truncate: 
     Too long (> max_seq_len): a problem, or when `truncate` the prompt loses tokens from its start (the text
     nearest the answer is kept, and completion-only training keeps its whole target); only a completion that
     alone does not fit is cut at the end (then without eos, since the answer does not end there).
+    The result has one entry per example when no problems are returned.
     """
     if not examples:
         return [], []

@@ -371,6 +371,7 @@ BAD = [
     ("no_template", "d.jsonl", GOOD, [], ["--format template needs --template"]),
     ("template_without_placeholder", "d.jsonl", GOOD, ["--template", "hello"], ["has no {field} placeholder"]),
     ("template_positional", "d.jsonl", GOOD, ["--template", "{} {}"], ["positional placeholders"]),
+    ("template_format_spec", "d.jsonl", GOOD, ["--template", "{phrase:>10} {tone}"], ["a format spec"]),
     ("template_unbalanced", "d.jsonl", GOOD, ["--template", "{phrase"], ["not a valid format string"]),
     ("bad_split_and_fraction", "d.jsonl", GOOD,
      ["--template", TONE_TEMPLATE, "--dataset_split", "train[:x]", "--validation_fraction", "0.9"],
