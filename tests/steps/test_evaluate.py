@@ -19,13 +19,13 @@ RISING = [{"step": 10, "loss": 2.0}, {"step": 20, "loss": 1.5, "eval_loss": 1.6}
 
 
 @pytest.fixture(scope="module")
-def classification_run(tmp_path_factory, prepared_data, tiny_model):
-    """One classification run: the random tiny model as both base and 'fine-tuned', a synthetic history."""
+def classification_run(tmp_path_factory, prepared_data, tiny_model, finetuned):
+    """One classification run: the random tiny base vs its LoRA fine-tune; a synthetic over-fitting history."""
     tmp = tmp_path_factory.mktemp("evaluate")
     (tmp / "train_metrics").mkdir()
     (tmp / "train_metrics" / "train_history.json").write_text(json.dumps(RISING))
     out = tmp / "metrics"
-    result = evaluate.main(["--test_data", str(prepared_data), "--model", str(tiny_model),
+    result = evaluate.main(["--test_data", str(prepared_data), "--model", str(finetuned["model"]),
                             "--base_model", str(tiny_model), "--train_metrics", str(tmp / "train_metrics"),
                             "--max_new_tokens", "4", "--metrics", str(out)])
     return out, result
@@ -47,7 +47,10 @@ def test_classification_writes_declared_outputs(classification_run, prepared_dat
         assert m["labels"][:5] == ["angry", "fearful", "joyful", "neutral", "sad"]
         assert sum(map(sum, m["confusion_matrix"])) == n_rows
         assert m["accuracy"] == pytest.approx(sum(m["confusion_matrix"][i][i] for i in range(5)) / n_rows)
-    assert on_disk["delta"] == {"accuracy": 0.0, "macro_f1": 0.0}  # same weights on both sides
+    # the random-init base never says a label; the fine-tune mostly does (golden for this seed and data)
+    assert on_disk["base"]["accuracy"] == 0.0 and on_disk["base"]["labels"][-1] == "(other)"
+    assert on_disk["finetuned"]["accuracy"] >= 0.8
+    assert on_disk["delta"] == {k: on_disk["finetuned"][k] - on_disk["base"][k] for k in ["accuracy", "macro_f1"]}
     assert on_disk["overfitting"]["warning"] is True
     report = (out / "report.md").read_text()
     assert "Over-fitting: WARNING" in report and "![loss_curves.png](loss_curves.png)" in report

@@ -134,7 +134,8 @@ def score(model_ref: str, rows: list[dict], references: list[str], args) -> tupl
 
 def overfitting(history: list[dict]) -> dict:
     """Warn when validation loss rose (ended > 1 % above its best) while training loss fell after that best."""
-    evals = [h for h in history if h.get("eval_loss") is not None]
+    by_step = {h["step"]: h for h in history if h.get("eval_loss") is not None}  # a repeated final eval once
+    evals = [by_step[step] for step in sorted(by_step)]
     trains = [h for h in history if h.get("loss") is not None]
     if len(evals) < 2 or not trains:
         return {"warning": False,
@@ -151,11 +152,11 @@ def overfitting(history: list[dict]) -> dict:
     rose = last["eval_loss"] > best["eval_loss"] * (1 + OVERFIT_TOLERANCE)
     fell = train_now < train_then
     detail = (f"validation loss {best['eval_loss']:.4f} at step {best['step']} (best) -> {last['eval_loss']:.4f} "
-              f"at step {last['step']}; training loss {train_then:.4f} -> {train_now:.4f}")
+              f"at step {last['step']} (last); training loss {train_then:.4f} -> {train_now:.4f}")
     if rose and fell:
-        detail = "validation loss rose while training loss fell: " + detail + \
-            "; use the checkpoint at the best step, fewer steps, or more data"
-    return {"warning": rose and fell, "detail": detail}
+        return {"warning": True, "detail": "validation loss rose while training loss fell: " + detail +
+                "; use the checkpoint at the best step, fewer steps, or more data"}
+    return {"warning": False, "detail": "no sign of over-fitting: " + detail}
 
 
 def plot_confusion(path: Path, labels: list[str], matrix: list[list[int]], title: str) -> None:
