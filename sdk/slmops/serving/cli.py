@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 
 import click
@@ -48,3 +50,93 @@ def serve(model, port, key, threads, max_body_bytes, tracking_uri):
     click.echo(f"serving {model_dir} at {base}/score  (swagger: {base}/swagger.json, "
                f"probes: {base}/health/live {base}/health/ready)", err=False)
     srv.run_foreground(model_dir, port, key, threads, max_body_bytes)
+
+
+ENDPOINT_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
+
+
+@click.command()
+@click.argument("model")
+@click.option("--endpoint", required=True, help="online endpoint name (created when missing)")
+@click.option("--mirror", type=click.IntRange(0, 50), default=0, show_default=True,
+              help="percent of live traffic mirrored to the new slot before any traffic shifts (0 = none)")
+@click.option("--steps", default="10,50,100", show_default=True,
+              help="traffic percentages for the new slot, checked one after another")
+@click.option("--dry-run", is_flag=True, help="print the plan and the payloads; contact nothing")
+@click.option("--local", is_flag=True, help="roll out to a local endpoint on 127.0.0.1 instead of Azure ML")
+@click.option("--smoke-request", type=click.Path(path_type=Path), default=None,
+              help="JSON file: a scoring request (or list) the new slot must answer with 200")
+@click.option("--probes", type=click.IntRange(1, 10000), default=20, show_default=True,
+              help="requests sent through the endpoint at each traffic step to measure the error rate")
+@click.option("--max-error-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="largest tolerated share of failed probes per step before rolling back")
+@click.option("--tracking-uri", default=None, help=TRACKING_HELP)
+@click.option("--subscription", default=None, help="Azure subscription id (default: $AZURE_SUBSCRIPTION_ID)")
+@click.option("--resource-group", default=None, help="Azure resource group (default: $AZURE_RESOURCE_GROUP)")
+@click.option("--workspace", default=None, help="Azure ML workspace (default: $AZUREML_WORKSPACE_NAME)")
+@click.option("--deployment-spec", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="deployment YAML (default: the packaged specs/deployment.yml)")
+@click.option("--endpoint-spec", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="endpoint YAML (default: the packaged specs/endpoint.yml)")
+def promote(model, endpoint, mirror, steps, dry_run, local, smoke_request, probes, max_error_rate, tracking_uri,
+            subscription, resource_group, workspace, deployment_spec, endpoint_spec):
+    """Promote a registered MODEL (models:/NAME/VERSION, models:/NAME@ALIAS or NAME:VERSION) to an online
+    endpoint: blue/green deployment, smoke test, optional mirroring, stepped traffic shift, automatic rollback;
+    on success the registry alias `production` moves to it. Exit codes: 2 bad input, 3 gate not passed,
+    4 rolled back."""
+    from slmops import registry
+    from slmops.serving import backends
+    from slmops.serving import promote as pr
+
+    problems = []
+    ref = registry.parse_ref(model)
+    if ref is None:
+        problems.append(f"MODEL {model!r} is not a registry reference; promote registered versions only "
+                        f"({registry.REF_FORMS.split(', ', 1)[1]}) so the gate and the alias can be checked")
+    if not ENDPOINT_NAME.match(endpoint):
+        problems.append(f"--endpoint {endpoint!r}: 3-32 letters, digits or '-', starting with a letter")
+    for check in (lambda: pr.parse_steps(steps), lambda: pr.load_smoke_requests(smoke_request)):
+        try:
+            check()
+        except UserError as exc:
+            problems.append(str(exc))
+    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not dry_run and not tracking_uri:
+        problems.append("no model registry: pass --tracking-uri or set MLFLOW_TRACKING_URI")
+    if problems:
+        raise UserError("cannot promote:", problems=problems)
+
+    specs = {k: v for k, v in (("endpoint_spec", endpoint_spec), ("deployment_spec", deployment_spec)) if v}
+    version = ref.version
+    if not dry_run:
+        version = str(registry.get_version(tracking_uri, ref).version)
+        registry.require_gate_passed(tracking_uri, ref.name, version)
+    plan_args = dict(endpoint=endpoint, name=ref.name, version=version or f"<version of @{ref.alias}>",
+                     steps=pr.parse_steps(steps), mirror=mirror, probes=probes, max_error_rate=max_error_rate,
+                     smoke_requests=pr.load_smoke_requests(smoke_request))
+    if local:
+        backend = backends.LocalEndpoint(backends.local_root(), endpoint)
+        target_model = f"<local folder of models:/{ref.name}/{plan_args['version']}>"
+        if not dry_run:
+            target_model = str(registry.resolve(f"models:/{ref.name}/{version}", tracking_uri=tracking_uri,
+                                                cache_dir=CACHE_DIR.expanduser()))
+    else:
+        client = None
+        if not dry_run:
+            from slmops.azure.workspace import default_credential, ml_client, resolve_workspace
+
+            ws = resolve_workspace({"subscription_id": subscription, "resource_group": resource_group,
+                                    "workspace_name": workspace}, os.environ, Path.cwd())
+            client = ml_client(default_credential(), ws)
+        backend = backends.AzureEndpoint(client, endpoint, **specs)
+        target_model = f"azureml:{ref.name}:{plan_args['version']}"
+    plan = pr.Plan(model=target_model, **plan_args)
+    if dry_run:
+        click.echo(pr.dry_run_text(backend, plan))
+        return
+    report = pr.roll_out(backend, plan, lambda: registry.set_alias(tracking_uri, ref.name, "production", version),
+                         say=click.echo)
+    click.echo(json.dumps(report, indent=2))
+    if local:
+        click.echo(f"local endpoint {endpoint}: {backend.url}/score (key in {backend.state_path}); "
+                   f"stop it with: python -m slmops.serving.router --state {backend.dir} --stop")
