@@ -1,9 +1,11 @@
-"""Sweep nodes: sampling, validation and early termination as pure functions, then `run_sweep` over real
-subprocess trials (tests/runner/assets/sweep/objective.py logs `score = -(x - 3)^2` to an MLflow sqlite store).
+"""Sweep nodes: sampling, validation and early termination as pure functions; `run_sweep` over cheap subprocess
+trials (limits, concurrency, failures) and over real ones (tests/runner/assets/sweep/objective.py logs
+`score = -(x - 3)^2` to an MLflow sqlite store): early termination, and `slmops run` on a pipeline with a sweep.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -265,32 +267,6 @@ def tracking(tmp_path_factory):
     return uri, experiment_id
 
 
-class Launcher:
-    """`start_trial` for run_sweep: one objective.py process per trial, each with its own MLflow run."""
-
-    def __init__(self, tracking, tmp_path, steps=1, sleep=0.0):
-        from mlflow import MlflowClient
-
-        self.uri, self.experiment_id = tracking
-        self.client = MlflowClient(self.uri)
-        self.tmp_path, self.steps, self.sleep = tmp_path, steps, sleep
-        self.trials: list[Trial] = []
-        self.running_at_start: list[int] = []  # trials still running when each trial started
-
-    def __call__(self, index: int, params: dict) -> Trial:
-        self.running_at_start.append(sum(t.poll() is None for t in self.trials))
-        run_id = self.client.create_run(self.experiment_id, run_name=f"trial-{index}").info.run_id
-        out = self.tmp_path / f"trial-{index}"
-        env = {**os.environ, "MLFLOW_TRACKING_URI": self.uri, "MLFLOW_RUN_ID": run_id}
-        process = subprocess.Popen(
-            [sys.executable, str(OBJECTIVE), "--x", str(params["x"]), "--steps", str(self.steps),
-             "--sleep", str(self.sleep), "--out", str(out)],
-            env=env, start_new_session=True)
-        trial = Trial.from_process(index, params, run_id, {"out": out}, process)
-        self.trials.append(trial)
-        return trial
-
-
 @pytest.fixture
 def tracked(tracking, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking[0])
@@ -298,43 +274,45 @@ def tracked(tracking, monkeypatch):
     return tracking
 
 
-def test_sweep_finds_the_best_trial_with_limited_concurrency(tracked, tmp_path):
-    launcher = Launcher(tracked, tmp_path, steps=2)
+class CheapLauncher:
+    """`start_trial` for the tests that need no MLflow: trial x sleeps `seconds[x]`, then exits (x < 0: code 3).
+
+    `history(run_id)` plays the metric reader: what objective.py would have logged (`-(x - 3)^2`).
+    """
+
+    def __init__(self, seconds: dict):
+        self.seconds = seconds
+        self.trials: list[Trial] = []
+        self.running_at_start: list[int] = []  # trials still running when each trial started
+
+    def __call__(self, index: int, params: dict) -> Trial:
+        self.running_at_start.append(sum(t.poll() is None for t in self.trials))
+        x = params["x"]
+        code = f"import sys, time; time.sleep({self.seconds[x]}); sys.exit({3 if x < 0 else 0})"
+        process = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+        self.trials.append(Trial.from_process(index, params, f"x={x}", {"out": Path(f"out-{index}")}, process))
+        return self.trials[-1]
+
+    def history(self, run_id: str) -> list[float]:
+        x = float(run_id.removeprefix("x="))
+        return [] if x < 0 else [0.0 - (x - 3) ** 2]
+
+
+def test_sweep_picks_the_best_completed_trial_with_limited_concurrency():
+    launcher = CheapLauncher({-1: 0, 1: 0.5, 3: 0.5, 4: 0.5, 5: 0.5})
     lines: list[str] = []
-    node = spec(search_space={"x": {"type": "choice", "values": [-1, 1, 3, 4]}},
+    node = spec(search_space={"x": {"type": "choice", "values": [-1, 1, 3, 4, 5]}},
                 limits={"max_concurrent_trials": 2})
-    result = run_sweep(node, launcher, lines.append)
+    result = run_sweep(node, launcher, lines.append, read_history=launcher.history)
 
     assert (result.best_index, result.best_params, result.best_metric) == (2, {"x": 3}, 0.0)
-    assert (result.best_outputs["out"] / "x.txt").read_text() == "3.0\n"
+    assert result.best_outputs == {"out": Path("out-2")}
     assert [(t["params"]["x"], t["status"], t["metric"]) for t in result.trials] == [
-        (-1, "failed", None), (1, "completed", -4.0), (3, "completed", 0.0), (4, "completed", -1.0)]
+        (-1, "failed", None), (1, "completed", -4.0), (3, "completed", 0.0), (4, "completed", -1.0),
+        (5, "completed", -4.0)]
     assert max(launcher.running_at_start) == 1  # never a third trial while two run
     assert any("trial 0 failed" in line and "exit code 3" in line for line in lines)
     assert lines[-1].startswith("sweep: best trial 2 score=0")
-
-
-def test_bandit_kills_a_slow_bad_trial(tracked, tmp_path):
-    launcher = Launcher(tracked, tmp_path, steps=20, sleep=0.5)  # x=0: 1.5 s per step, 30 s in all
-    node = spec(search_space={"x": {"type": "choice", "values": [3, 0]}},
-                early_termination={"type": "bandit", "slack_amount": 1.0, "evaluation_interval": 1,
-                                   "delay_evaluation": 1})
-    lines: list[str] = []
-    started = time.monotonic()
-    result = run_sweep(node, launcher, lines.append)
-
-    assert time.monotonic() - started < 20
-    assert [(t["status"], t["metric"]) for t in result.trials] == [("completed", 0.0), ("early_terminated", -9.0)]
-    assert launcher.trials[1].poll() is not None  # the process is gone
-    assert any("trial 1 early_terminated" in line and "bandit" in line for line in lines)
-    assert result.best_index == 0
-
-
-def sleeper(index: int, params: dict) -> Trial:
-    """A cheap trial for the time-limit tests: x=3 exits at once, any other x sleeps 60 s."""
-    seconds = 0 if params["x"] == 3 else 60
-    process = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"], start_new_session=True)
-    return Trial.from_process(index, params, f"run-{index}", {}, process)
 
 
 @pytest.mark.parametrize("limits, status", [
@@ -342,21 +320,60 @@ def sleeper(index: int, params: dict) -> Trial:
     ({"max_concurrent_trials": 2, "trial_timeout": 3}, "timed_out"),
 ])
 def test_time_limits_kill_running_trials(limits, status):
-    trials: list[Trial] = []
+    launcher = CheapLauncher({3: 0, 0: 60})
     node = spec(search_space={"x": {"type": "choice", "values": [3, 0]}}, limits=limits)
-    metrics = {"run-0": [0.0], "run-1": [-9.0]}  # what each trial "logged"
     started = time.monotonic()
-    result = run_sweep(node, lambda i, p: trials.append(sleeper(i, p)) or trials[-1], print,
-                       read_history=metrics.__getitem__)
+    result = run_sweep(node, launcher, print, read_history=launcher.history)
 
     assert 3 <= time.monotonic() - started < 6
     assert [(t["status"], t["metric"]) for t in result.trials] == [("completed", 0.0), (status, -9.0)]
-    assert trials[1].poll() is not None  # the process is gone
+    assert launcher.trials[1].poll() is not None  # the process is gone
     assert result.best_index == 0
 
 
-def test_sweep_fails_when_no_trial_logs_the_metric(tracked, tmp_path):
+def test_sweep_timeout_stops_launching_trials():
+    node = spec(search_space={"x": {"type": "choice", "values": [0, 3]}},
+                limits={"max_concurrent_trials": 1, "timeout": 2})
+    launcher = CheapLauncher({3: 0, 0: 60})
+    with pytest.raises(UserError, match="no completed trial") as exc:
+        run_sweep(node, launcher, print, read_history=launcher.history)
+    assert exc.value.problems == ["trial 0: canceled, metric -9.0"]  # trial 1 was never started
+    assert len(launcher.trials) == 1
+
+
+def test_sweep_fails_when_no_trial_logs_the_metric():
+    launcher = CheapLauncher({-1: 0, -2: 0})
     node = spec(search_space={"x": {"type": "choice", "values": [-1, -2]}})
     with pytest.raises(UserError, match="no completed trial logged the primary metric 'score'") as exc:
-        run_sweep(node, Launcher(tracked, tmp_path), print)
+        run_sweep(node, launcher, print, read_history=launcher.history)
     assert exc.value.problems == ["trial 0: failed, metric None", "trial 1: failed, metric None"]
+
+
+# ---------------------------------------------------------------------------------------------------- end to end
+
+
+def test_slmops_run_sweep_node_kills_a_bad_trial_and_adopts_the_best(tracked, tmp_path):
+    """`slmops run` on tests/runner/assets/sweep/pipeline.yaml: a grid over x in [0, 3, 3.5] with a bandit policy;
+    x=0 (1.5 s per step, 15 s in all) is killed, the best trial's output flows on to the downstream node."""
+    from click.testing import CliRunner
+
+    from slmops.cli import main
+
+    pipeline = Path(__file__).parent / "assets" / "sweep" / "pipeline.yaml"
+    run_dir = tmp_path / "runs" / "first"
+    result = CliRunner().invoke(main, ["run", str(pipeline), "--run-dir", str(run_dir)])
+    assert result.exit_code == 0, result.output
+
+    summary = json.loads((run_dir / "tune" / "sweep.json").read_text())
+    assert (summary["best_index"], summary["best_params"], summary["best_metric"]) == (1, {"x": 3}, 0.0)
+    assert [(t["params"]["x"], t["status"]) for t in summary["trials"]] == [
+        (0, "early_terminated"), (3, "completed"), (3.5, "completed")]
+    assert [t["metric"] for t in summary["trials"]] == [-9.0, 0.0, -0.25]
+    assert summary["trials"][0]["seconds"] < 15  # killed well before its 10 slow steps were done
+    assert "trial 0 early_terminated" in result.output and "bandit" in result.output
+    assert (run_dir / "tune" / "outputs" / "out" / "x.txt").read_text() == "3.0\n"
+    assert (run_dir / "outputs" / "best_x" / "x.txt").read_text() == "3.0\n"  # through the downstream node
+
+    again = CliRunner().invoke(main, ["run", str(pipeline), "--run-dir", str(tmp_path / "runs" / "second")])
+    assert again.exit_code == 0, again.output
+    assert "reused 2" in again.output  # a seeded sweep is deterministic, so it is reused like any step
