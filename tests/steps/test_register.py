@@ -37,7 +37,7 @@ def env(store, monkeypatch):
     return uri
 
 
-def write_inputs(root, *, tuned=0.9, base=0.2, onnx_acc=0.88, drop=0.02):
+def write_inputs(root, *, tuned=0.9, base=0.2, drop=0.02):
     """Folders as finetune/evaluate/prep/optimize write them; returns {flag: path}."""
     model = root / "model"
     (model / "model").mkdir(parents=True)
@@ -60,8 +60,8 @@ def write_inputs(root, *, tuned=0.9, base=0.2, onnx_acc=0.88, drop=0.02):
     (data / "data_report.json").write_text(json.dumps({"sha256": SHA, "rows": {"train": 540}}))
     (report / "optimize_report.json").write_text(json.dumps({
         "precision": "int4", "execution_provider": "cpu", "speedup": 18.5, "accuracy_drop": drop,
-        "onnx": {"accuracy": onnx_acc, "tokens_per_s": 4800.0, "size_mb": 3.1},
-        "pytorch": {"accuracy": onnx_acc + drop, "tokens_per_s": 260.0}}))
+        "onnx": {"accuracy": tuned - drop, "tokens_per_s": 4800.0, "size_mb": 3.1},
+        "pytorch": {"accuracy": tuned, "tokens_per_s": 260.0}}))
     return {"model": model, "onnx_model": onnx, "eval_metrics": metrics, "train_data": data,
             "optimize_report": report}
 
@@ -127,12 +127,15 @@ def test_second_registration_moves_the_alias_and_base_model_id_wins(env, tmp_pat
 
 
 @pytest.mark.parametrize("metrics, gate, failed", [
-    (dict(tuned=0.45), {"min_accuracy": 0.5}, ["min_accuracy: NOT fine-tuned accuracy 0.4500 >= 0.5"]),
+    (dict(tuned=0.45), {"min_accuracy": 0.5}, ["fine-tuned accuracy 0.4500 < min_accuracy 0.5"]),
     (dict(tuned=0.6, base=0.55), {"min_gain": 0.1},
-     ["min_gain: NOT gain over base +0.0500 (fine-tuned 0.6000, base 0.5500) >= 0.1"]),
+     ["gain over base +0.0500 (fine-tuned 0.6000, base 0.5500) < min_gain 0.1"]),
     (dict(drop=0.08), {"max_optimized_drop": 0.05},
-     ["max_optimized_drop: NOT accuracy drop after optimization 0.0800"]),
-    (dict(tuned=0.3, base=0.3, drop=0.2), GATE, ["min_accuracy: NOT", "min_gain: NOT", "max_optimized_drop: NOT"]),
+     ["accuracy drop after optimization 0.0800 (pytorch 0.9000, onnx 0.8200, int4) > max_optimized_drop 0.05"]),
+    (dict(tuned=0.3, base=0.3, drop=0.2), GATE,
+     ["fine-tuned accuracy 0.3000 < min_accuracy 0.5",
+      "gain over base +0.0000 (fine-tuned 0.3000, base 0.3000) < min_gain 0.1",
+      "accuracy drop after optimization 0.2000 (pytorch 0.3000, onnx 0.1000, int4) > max_optimized_drop 0.05"]),
 ])
 def test_failing_gate_exits_3_names_every_failed_check_and_registers_nothing(env, tmp_path, capsys, metrics, gate,
                                                                            failed):
@@ -243,4 +246,4 @@ def test_registry_busy_past_retries_undoes_the_first_model(env, tmp_path, monkey
 def test_gate_failure_is_a_gate_error_in_process(env, tmp_path):
     with pytest.raises(GateFailed) as exc:
         register.main(argv(write_inputs(tmp_path / "in", tuned=0.1), tmp_path / "r", "tone-x", min_accuracy=0.2))
-    assert exc.value.exit_code == 3 and exc.value.problems == ["min_accuracy: NOT fine-tuned accuracy 0.1000 >= 0.2"]
+    assert exc.value.exit_code == 3 and exc.value.problems == ["fine-tuned accuracy 0.1000 < min_accuracy 0.2"]

@@ -133,29 +133,31 @@ def validate(args: argparse.Namespace, tracking_uri: str | None) -> dict:
     return {"metrics": metrics, "data_report": data_report, "optimize": optimize}
 
 
-def gate_checks(args: argparse.Namespace, metrics: dict, optimize: dict | None) -> list[dict]:
-    """One entry per threshold given: name, value, threshold, passed, detail. Inputs were validated."""
-    checks = []
+def _check(name: str, what: str, value: float, op: str, threshold: float) -> dict:
+    """One gate check; `detail` reads as a sentence, with the comparison that actually holds."""
     eps = 1e-9  # 0.7 - 0.6 is 0.0999..., which must pass min_gain 0.1
+    passed = value >= threshold - eps if op == ">=" else value <= threshold + eps
+    shown = op if passed else {">=": "<", "<=": ">"}[op]
+    return {"name": name, "value": value, "threshold": threshold, "op": op, "passed": passed,
+            "detail": f"{what} {shown} {name} {threshold}"}
+
+
+def gate_checks(args: argparse.Namespace, metrics: dict, optimize: dict | None) -> list[dict]:
+    """One check per threshold given (inputs were validated, so every number needed is there)."""
+    checks = []
+    tuned, base = _number(metrics, "finetuned", "accuracy"), _number(metrics, "base", "accuracy")
     if args.min_accuracy is not None:
-        acc = _number(metrics, "finetuned", "accuracy")
-        checks.append({"name": "min_accuracy", "value": acc, "threshold": args.min_accuracy,
-                       "passed": acc >= args.min_accuracy - eps,
-                       "detail": f"fine-tuned accuracy {acc:.4f} >= {args.min_accuracy}"})
+        checks.append(_check("min_accuracy", f"fine-tuned accuracy {tuned:.4f}", tuned, ">=", args.min_accuracy))
     if args.min_gain is not None:
-        tuned, base = _number(metrics, "finetuned", "accuracy"), _number(metrics, "base", "accuracy")
-        gain = tuned - base
-        checks.append({"name": "min_gain", "value": gain, "threshold": args.min_gain,
-                       "passed": gain >= args.min_gain - eps,
-                       "detail": f"gain over base {gain:+.4f} (fine-tuned {tuned:.4f}, base {base:.4f}) "
-                                 f">= {args.min_gain}"})
+        checks.append(_check("min_gain", f"gain over base {tuned - base:+.4f} (fine-tuned {tuned:.4f}, base "
+                             f"{base:.4f})", tuned - base, ">=", args.min_gain))
     if args.max_optimized_drop is not None:
         drop = _number(optimize, "accuracy_drop")
-        onnx_acc, torch_acc = _number(optimize, "onnx", "accuracy"), _number(optimize, "pytorch", "accuracy")
-        checks.append({"name": "max_optimized_drop", "value": drop, "threshold": args.max_optimized_drop,
-                       "passed": drop <= args.max_optimized_drop + eps,
-                       "detail": f"accuracy drop after optimization {drop:.4f} (pytorch {torch_acc}, onnx "
-                                 f"{onnx_acc}, {optimize.get('precision')}) <= {args.max_optimized_drop}"})
+        accs = [_number(optimize, runtime, "accuracy") for runtime in ("pytorch", "onnx")]
+        torch_acc, onnx_acc = [f"{a:.4f}" if a is not None else "n/a" for a in accs]
+        what = (f"accuracy drop after optimization {drop:.4f} (pytorch {torch_acc}, onnx {onnx_acc}, "
+                f"{optimize.get('precision')})")
+        checks.append(_check("max_optimized_drop", what, drop, "<=", args.max_optimized_drop))
     return checks
 
 
@@ -240,7 +242,7 @@ def main(argv=None) -> dict:
         tracking.log_metrics({f"gate.{c['name']}": c["value"] for c in checks})
         if failed:
             raise GateFailed(f"quality gate failed ({len(failed)} of {len(checks)} checks); nothing registered",
-                             problems=[f"{c['name']}: NOT {c['detail']}" for c in failed])
+                             problems=[c["detail"] for c in failed])
         if not checks:
             print("register: no gate thresholds given (--min_accuracy/--min_gain/--max_optimized_drop); "
                   "registering without a quality gate")
