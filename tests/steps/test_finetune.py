@@ -1,0 +1,353 @@
+"""The finetune step: every method writes its declared outputs; completion-only labels and padding-free
+positions (golden); attention isolated per example; precision table; bad inputs write nothing; a resumed run
+equals an uninterrupted one; torchrun with 2 CPU processes logs once into the runner's MLflow run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slmops.errors import UserError, run_main
+from slmops.steps import finetune
+from slmops.training import DEEPSPEED_CONFIGS, choose_precision, latest_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+OUTPUTS = ("adapter", "model", "metrics", "checkpoints")
+SHORT = ["--max_steps", "3", "--batch_size", "8", "--eval_steps", "3", "--save_steps", "3", "--logging_steps", "1",
+         "--learning_rate", "0.001", "--seed", "0"]
+
+
+def out_args(root: Path) -> list[str]:
+    return [arg for name in OUTPUTS for arg in (f"--{name}", str(root / name))]
+
+
+def run_step(prepared_data, tiny_model, root: Path, *extra: str) -> dict:
+    finetune.main(["--train_data", str(prepared_data), "--base_model", str(tiny_model), *extra, *out_args(root)])
+    return json.loads((root / "metrics" / "train_summary.json").read_text())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# --- the fixture the later steps use --------------------------------------------------------------------------
+
+def test_finetuned_fixture_learns_the_task(finetuned, prepared_data):
+    """100 LoRA steps: eval loss falls well below the random-init start and greedy decoding names the right tone
+    for most held-out phrases; the model is a loadable MLflow transformers model that keeps the tiny tokenizer."""
+    import torch
+
+    from slmops.models import load_causal_lm, load_tokenizer, resolve
+
+    summary = json.loads((finetuned["metrics"] / "train_summary.json").read_text())
+    history = json.loads((finetuned["metrics"] / "train_history.json").read_text())
+    assert summary["method"] == "lora" and summary["precision"] == "fp32" and summary["global_step"] == 100
+    assert summary["tokens_seen"] == summary["tokens_this_attempt"] > 30_000 and summary["tokens_per_s"] > 0
+    first_eval = [h["eval_loss"] for h in history if "eval_loss" in h][0]
+    assert summary["final_eval_loss"] < first_eval < 6.5
+    assert {"loss", "learning_rate", "step"} <= set(history[0])
+
+    model_dir = finetuned["model"]
+    assert (model_dir / "MLmodel").is_file() and (model_dir / "model" / "slmops_tiny.json").is_file()
+    assert "transformers" in yaml.safe_load((model_dir / "MLmodel").read_text())["flavors"]
+    assert resolve(model_dir).is_tiny
+    assert (finetuned["adapter"] / "adapter_config.json").is_file()
+    assert (finetuned["checkpoints"] / "checkpoint-100").is_dir()
+
+    model, tok = load_causal_lm(model_dir), load_tokenizer(model_dir)
+    rows = read_jsonl(prepared_data / "validation.jsonl")
+    right = 0
+    with torch.no_grad():
+        for row in rows:
+            prompt = torch.tensor([row["input_ids"][:row["prompt_length"]]])
+            out = model.generate(prompt, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
+            right += tok.decode(out[0, prompt.shape[1]:], skip_special_tokens=True).strip() == row["label"]
+    assert right / len(rows) >= 0.8
+
+
+# --- every method writes its declared outputs ------------------------------------------------------------------
+
+METHOD_CASES = [
+    # method, extra flags, adapter file expected
+    ("full", [], "README.md"),
+    ("qlora", ["--batching", "padding"], "adapter_model.safetensors"),
+    ("dora", ["--gradient_accumulation_steps", "2"], "adapter_model.safetensors"),
+    ("lora", ["--batching", "packing", "--target_modules", "q_proj,v_proj", "--modules_to_save", "lm_head"],
+     "adapter_model.safetensors"),
+]
+
+
+@pytest.mark.parametrize("method,extra,adapter_file", METHOD_CASES, ids=[c[0] for c in METHOD_CASES])
+def test_method_writes_declared_outputs(method, extra, adapter_file, prepared_data, tiny_model, tmp_path):
+    import torch
+
+    from slmops.models import load_causal_lm
+
+    summary = run_step(prepared_data, tiny_model, tmp_path, "--method", method, *SHORT, *extra)
+    assert summary["method"] == method and summary["global_step"] == 3
+    assert summary["base_loaded_in_4bit"] == (method == "qlora")
+    assert (tmp_path / "adapter" / adapter_file).is_file()
+    assert (tmp_path / "checkpoints" / "checkpoint-3" / "trainer_state.json").is_file()
+    assert {"train_history.json", "train_summary.json"} == {p.name for p in (tmp_path / "metrics").iterdir()}
+    # The merged model differs from the base: training changed it and the adapter was folded in.
+    tuned, base = load_causal_lm(tmp_path / "model"), load_causal_lm(tiny_model)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert not torch.allclose(tuned(ids).logits, base(ids).logits, atol=1e-5)
+    if method == "full":
+        assert "no PEFT adapter" in (tmp_path / "adapter" / "README.md").read_text()
+    else:
+        adapter_config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+        assert adapter_config["use_dora"] == (method == "dora")
+        assert Path(adapter_config["base_model_name_or_path"]).is_absolute()
+
+
+# --- the batches the trainer builds (golden) -------------------------------------------------------------------
+
+def make_trainer(prepared_data, tiny_model, tmp_path, *extra):
+    args = finetune.build_parser().parse_args(
+        ["--train_data", str(prepared_data), "--base_model", str(tiny_model), *SHORT, *extra, *out_args(tmp_path)])
+    finetune.validate(args)
+    train_ds, eval_ds, longest = finetune.load_data(args)
+    model, tok = finetune.load_model(args, str(tiny_model), "fp32")
+    return finetune.build_trainer(args, model, tok, train_ds, eval_ds, longest, "fp32", []), model
+
+
+@pytest.mark.parametrize("completion_only", [True, False])
+def test_labels_mask_prompt_tokens(completion_only, prepared_data, tiny_model, tmp_path):
+    trainer, _ = make_trainer(prepared_data, tiny_model, tmp_path, "--completion_only_loss", str(completion_only))
+    rows = read_jsonl(prepared_data / "train.jsonl")
+    for i in (0, 1, len(rows) - 1):
+        ids, plen = rows[i]["input_ids"], rows[i]["prompt_length"]
+        example = trainer.train_dataset[i]
+        assert example["input_ids"] == ids
+        expected = [-100] * plen + ids[plen:] if completion_only else ids
+        assert example["labels"] == expected
+
+
+BATCH_CASES = [
+    # batching, attention_mask present, position_ids restart per example
+    ("padding_free", False, True),
+    ("packing", False, True),
+    ("padding", True, False),
+]
+
+
+@pytest.mark.parametrize("batching,has_mask,restarts", BATCH_CASES, ids=[c[0] for c in BATCH_CASES])
+def test_batches(batching, has_mask, restarts, prepared_data, tiny_model, tmp_path):
+    trainer, _ = make_trainer(prepared_data, tiny_model, tmp_path, "--batching", batching)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert ("attention_mask" in batch) == has_mask
+    if restarts:
+        assert batch["input_ids"].shape[0] == 1  # every example of the batch concatenated into one row
+        pos = batch["position_ids"][0].tolist()
+        starts = [i for i, p in enumerate(pos) if p == 0]
+        lengths = [b - a for a, b in zip(starts, [*starts[1:], len(pos)])]
+        assert pos == [k for n in lengths for k in range(n)]  # 0..n-1 for each example, no padding
+        assert all(batch["labels"][0, s] == -100 for s in starts)  # no loss across an example boundary
+        assert len(starts) >= 8 if batching == "packing" else len(starts) == 8
+    else:
+        assert batch["input_ids"].shape[0] == 8  # one row per example, padded to the longest in the batch
+        assert batch["attention_mask"].sum(1).max() == batch["input_ids"].shape[1]
+        assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+
+
+def test_padding_free_attention_stays_inside_each_example(prepared_data, tiny_model, tmp_path):
+    """Logits of an example concatenated behind another equal its logits alone: no attention leaks across."""
+    import torch
+
+    trainer, model = make_trainer(prepared_data, tiny_model, tmp_path)
+    rows = read_jsonl(prepared_data / "train.jsonl")[:2]
+    batch = trainer.data_collator([{"input_ids": r["input_ids"]} for r in rows])
+    n0 = len(rows[0]["input_ids"])
+    model.eval()
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0, n0:]
+        alone = model(input_ids=torch.tensor([rows[1]["input_ids"]])).logits[0]
+    torch.testing.assert_close(packed, alone, atol=1e-4, rtol=1e-4)
+
+
+# --- precision chosen from the hardware -------------------------------------------------------------------------
+
+PRECISION_CASES = [
+    # requested, cuda, cuda_bf16, cpu_bf16, expected (or the UserError text)
+    ("auto", False, False, True, "fp32"),
+    ("auto", True, True, False, "bf16"),
+    ("auto", True, False, False, "fp16"),
+    ("fp32", True, True, True, "fp32"),
+    ("bf16", True, True, False, "bf16"),
+    ("bf16", False, False, True, "bf16"),
+    ("bf16", False, False, False, "not supported on this CPU"),
+    ("bf16", True, False, True, "not supported on this GPU"),
+    ("fp16", True, False, False, "fp16"),
+    ("fp16", False, False, True, "needs a CUDA GPU"),
+]
+
+
+@pytest.mark.parametrize("requested,cuda,cuda_bf16,cpu_bf16,expected", PRECISION_CASES)
+def test_precision_choice(requested, cuda, cuda_bf16, cpu_bf16, expected):
+    if expected in ("fp32", "fp16", "bf16"):
+        assert choose_precision(requested, cuda=cuda, cuda_bf16=cuda_bf16, cpu_bf16=cpu_bf16) == expected
+    else:
+        with pytest.raises(UserError, match=expected):
+            choose_precision(requested, cuda=cuda, cuda_bf16=cuda_bf16, cpu_bf16=cpu_bf16)
+
+
+# --- bad input: exit 2, every problem named, nothing written ----------------------------------------------------
+
+BAD_CASES = [
+    # flags replacing the defaults, text expected in the message, package hidden
+    (["--method", "adapterx"], "--method 'adapterx' is not one of", None),
+    (["--lora_r", "0"], "--lora_r 0 must be >= 1", None),
+    (["--lora_dropout", "1.5"], "--lora_dropout 1.5 must be between 0 and 0.9", None),
+    (["--batching", "bucket"], "--batching 'bucket' is not one of", None),
+    (["--max_steps", "0"], "--max_steps 0 must be -1", None),
+    (["--early_stopping_patience", "2", "--eval_steps", "0"], "needs evaluations", None),
+    (["--early_stopping_patience", "2", "--eval_steps", "4", "--save_steps", "6"], "multiple of", None),
+    (["--method", "qlora"], "needs bitsandbytes", "bitsandbytes"),
+    (["--deepspeed", "zero3"], "needs the deepspeed package", "deepspeed"),
+    (["--deepspeed", "zero9"], "--deepspeed 'zero9' is not one of", None),
+    (["--base_model", "/no/such/model"], "does not exist", None),
+    (["--train_data", "/no/such/data"], "has no train.jsonl", None),
+]
+
+
+@pytest.mark.parametrize("flags,message,hidden", BAD_CASES, ids=[" ".join(c[0]) for c in BAD_CASES])
+def test_bad_input_exits_2_and_writes_nothing(flags, message, hidden, prepared_data, tiny_model, tmp_path,
+                                             monkeypatch, capsys):
+    import importlib.util
+
+    if hidden:
+        real = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == hidden else real(name, *a))
+    argv = ["--train_data", str(prepared_data), "--base_model", str(tiny_model), *SHORT, *flags, *out_args(tmp_path)]
+    with pytest.raises(SystemExit) as exc:
+        run_main(finetune.main, argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_problem_reported_at_once(prepared_data, tmp_path):
+    argv = ["--train_data", str(tmp_path / "none"), "--method", "x", "--lora_r", "0", "--batch_size", "0",
+            *out_args(tmp_path / "out")]
+    with pytest.raises(UserError) as exc:
+        finetune.main(argv)
+    assert len(exc.value.problems) == 6  # train.jsonl, validation.jsonl, base model, method, lora_r, batch_size
+
+
+def test_rows_that_break_the_prep_contract(tiny_model, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text(json.dumps({"input_ids": [1, 2, 3], "prompt_length": 3}) + "\n")
+    (data / "validation.jsonl").write_text('{"prompt": "no ids"}\n')
+    with pytest.raises(UserError, match=r"train.jsonl:1: prompt_length 3 leaves no completion tokens"):
+        finetune.main(["--train_data", str(data), "--base_model", str(tiny_model), *out_args(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+# --- DeepSpeed configs shipped in the package -------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,stage", [("zero2", 2), ("zero3", 3)])
+def test_deepspeed_config_selected(name, stage, prepared_data, tiny_model, tmp_path, monkeypatch):
+    import importlib.util
+
+    config = json.loads(DEEPSPEED_CONFIGS[name].read_text())
+    assert DEEPSPEED_CONFIGS[name].name == f"{name}.json"
+    assert config["zero_optimization"]["stage"] == stage
+    # Batch sizes, accumulation, clipping and precision come from the step's flags ("auto" = filled by HF).
+    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping"):
+        assert config[key] == "auto"
+    assert config["bf16"]["enabled"] == config["fp16"]["enabled"] == "auto"
+    # With deepspeed installed (faked here: GPU image only) the flag validates.
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "deepspeed" else real(n, *a))
+    args = finetune.build_parser().parse_args(["--train_data", str(prepared_data), "--base_model", str(tiny_model),
+                                               "--deepspeed", name, *out_args(tmp_path)])
+    finetune.validate(args)
+
+
+# --- resume: killed after a checkpoint, restarted, same result --------------------------------------------------
+
+class Killed(Exception):
+    pass
+
+
+def test_resumed_run_equals_uninterrupted(prepared_data, tiny_model, tmp_path, monkeypatch):
+    flags = ["--max_steps", "12", "--save_steps", "6", "--eval_steps", "6", "--batch_size", "8", "--logging_steps",
+             "2", "--learning_rate", "0.002", "--lr_scheduler", "cosine", "--seed", "3"]
+    whole = run_step(prepared_data, tiny_model, tmp_path / "whole", *flags)
+
+    real_callback = finetune.metrics_callback
+
+    def killing_callback():
+        callback = real_callback()
+
+        def on_save(args, state, control, **kwargs):
+            if state.global_step == 6:
+                raise Killed("simulated preemption right after checkpoint-6")
+
+        callback.on_save = on_save
+        return callback
+
+    monkeypatch.setattr(finetune, "metrics_callback", killing_callback)
+    with pytest.raises(Killed):
+        run_step(prepared_data, tiny_model, tmp_path / "resumed", *flags)
+    assert latest_checkpoint(tmp_path / "resumed" / "checkpoints").name == "checkpoint-6"
+    assert not (tmp_path / "resumed" / "model").exists() and not (tmp_path / "resumed" / "metrics").exists()
+
+    monkeypatch.setattr(finetune, "metrics_callback", real_callback)
+    resumed = run_step(prepared_data, tiny_model, tmp_path / "resumed", *flags)
+    assert resumed["resumed_from"] == "checkpoint-6" and resumed["global_step"] == 12
+    assert resumed["tokens_seen"] == whole["tokens_seen"]
+    assert abs(resumed["final_eval_loss"] - whole["final_eval_loss"]) <= 0.01 * whole["final_eval_loss"]
+
+
+# --- torchrun, 2 CPU processes, logging into the runner's MLflow run --------------------------------------------
+
+def test_torchrun_two_processes_log_once(prepared_data, tiny_model, tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("ft")).info.run_id
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": run_id, "OMP_NUM_THREADS": "1",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "slmops.steps.finetune",
+           "--train_data", str(prepared_data), "--base_model", str(tiny_model), *SHORT, *out_args(tmp_path)]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "metrics" / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_step"] == 3
+    # Both ranks saw data: 3 steps x 2 processes x 8 examples of ~26 tokens.
+    assert summary["tokens_seen"] > 2 * 3 * 8 * 20
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3]  # rank 0 only, once each
+    assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1  # no second run
+    assert client.get_run(run_id).data.params["method"] == "lora"
+
+
+# --- the CLI matches the component contract ---------------------------------------------------------------------
+
+def test_help_and_component_contract():
+    spec = yaml.safe_load((REPO / "components" / "finetune" / "component.yaml").read_text())
+    parser = finetune.build_parser()
+    flags = {a.dest for a in parser._actions if a.dest != "help"}
+    assert flags == set(spec["inputs"]) | set(spec["outputs"])
+    assert all(a.help for a in parser._actions)
+    defaults = parser.parse_args(["--train_data", "x", *out_args(Path("out"))])
+    for name, inp in spec["inputs"].items():
+        if "default" in inp:
+            assert getattr(defaults, name) == inp["default"], name
+        if "enum" in inp:
+            assert inp["enum"] == {"method": finetune.METHODS, "batching": finetune.BATCHING,
+                                   "lr_scheduler": finetune.SCHEDULERS, "precision": ["auto", "fp32", "fp16", "bf16"],
+                                   "deepspeed": ["none", *DEEPSPEED_CONFIGS]}[name]
+    proc = subprocess.run([sys.executable, "-m", "slmops.steps.finetune", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and "--early_stopping_patience" in proc.stdout
