@@ -169,32 +169,40 @@ def submit(ml_client, job, envs_used: list[ProjectEnvironment], echo=print):
     return ml_client.jobs.create_or_update(job)
 
 
+def _text(value) -> str:
+    """Job statuses come back as str-enums; show their value."""
+    return str(getattr(value, "value", value))
+
+
 def status(ml_client, name: str) -> dict:
     """Status of a run and of its child steps (for a pipeline)."""
     job = ml_client.jobs.get(name)
     children = []
     if job.type == "pipeline":
-        children = [{"name": child.name, "step": child.display_name, "status": child.status}
+        children = [{"name": child.name, "step": child.display_name, "status": _text(child.status)}
                     for child in ml_client.jobs.list(parent_job_name=name)]
-    return {"name": job.name, "display_name": job.display_name, "status": job.status,
+    return {"name": job.name, "display_name": job.display_name, "status": _text(job.status),
             "experiment": job.experiment_name, "studio_url": job.studio_url, "steps": children}
 
 
 def logs(ml_client, name: str, follow: bool, echo=print) -> str:
     """Stream the run's logs. Without `follow` a run still going is only reported (streaming would block)."""
     job = ml_client.jobs.get(name)
-    if not follow and job.status not in TERMINAL:
-        echo(f"{name} is {job.status}; run `slmops logs {name} --follow` to stream its logs until it ends.")
+    if not follow and _text(job.status) not in TERMINAL:
+        echo(f"{name} is {_text(job.status)}; run `slmops logs {name} --follow` to stream its logs until it ends.")
         echo(f"Studio: {job.studio_url}")
-        return job.status
+        return _text(job.status)
     ml_client.jobs.stream(name)
-    return ml_client.jobs.get(name).status
+    return _text(ml_client.jobs.get(name).status)
 
 
 def download(ml_client, name: str, output: str | None, to: Path) -> Path:
-    """Download one named output (or all outputs and logs) of a run into `to`."""
+    """Download one named output (or all outputs and logs) of a run into `to`; return where it landed.
+
+    azure-ai-ml's layout: named outputs under `to/named-outputs/<output>`, logs under `to/artifacts`.
+    """
     ml_client.jobs.download(name, download_path=str(to), output_name=output, all=output is None)
-    return Path(to)
+    return Path(to) / "named-outputs" / output if output else Path(to)
 
 
 def cancel(ml_client, name: str) -> None:
