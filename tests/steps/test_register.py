@@ -87,6 +87,8 @@ def test_passing_gate_registers_both_models_with_lineage_and_alias(env, tmp_path
     assert (result["name"], result["version"], result["alias"]) == ("tone-pass", "1", "candidate")
     assert result["onnx"] == {"name": "tone-pass-onnx", "version": "1"}
     assert result["gate"]["passed"] and [c["name"] for c in result["gate"]["checks"]] == list(GATE)
+    assert result["lineage"]["eval"]["finetuned.accuracy"] == 0.9 and result["lineage"]["dataset_sha256"] == SHA
+    assert result["lineage"]["optimize"]["onnx.tokens_per_s"] == 4800.0
     assert "tone-pass version 1 @candidate; ONNX: tone-pass-onnx version 1" in capsys.readouterr().out
 
     for name, folder in (("tone-pass", paths["model"]), ("tone-pass-onnx", paths["onnx_model"])):
@@ -222,8 +224,8 @@ def test_busy_registry_is_retried(env, tmp_path, monkeypatch):
 
 
 def test_registry_busy_past_retries_undoes_the_first_model(env, tmp_path, monkeypatch):
-    """The fine-tuned version is created, the ONNX one never gets through: the step fails with the fix and
-    leaves no half-registered candidate behind."""
+    """The fine-tuned version 2 is created, the ONNX one never gets through: the step fails with the fix,
+    deletes version 2 again and leaves version 1 as the candidate."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -234,12 +236,15 @@ def test_registry_busy_past_retries_undoes_the_first_model(env, tmp_path, monkey
             raise MlflowException(f"Model Version creation error (name={name}). Giving up after 3 attempts.")
         return real(client, name, *args, **kwargs)
 
+    paths = write_inputs(tmp_path / "in")
+    register.main(argv(paths, tmp_path / "first", "tone-undo", **GATE))
     monkeypatch.setattr(MlflowClient, "create_model_version", onnx_always_busy)
     monkeypatch.setattr(registry, "sleep", lambda s: None)
     out = tmp_path / "reg"
     with pytest.raises(UserError, match="registry stayed busy through 5 attempts.*MLflow server"):
-        register.main(argv(write_inputs(tmp_path / "in"), out, "tone-undo", **GATE))
-    assert registry.list_versions(env, "tone-undo") == []
+        register.main(argv(paths, out, "tone-undo", **GATE))
+    for name in ("tone-undo", "tone-undo-onnx"):  # the first registration is untouched, alias included
+        assert [(v["version"], v["aliases"]) for v in registry.list_versions(env, name)] == [("1", ["candidate"])]
     assert not out.exists()
 
 

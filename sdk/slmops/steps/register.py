@@ -183,15 +183,16 @@ def _base_model(args: argparse.Namespace) -> str:
     return str(flavor.get("transformers", {}).get("source_model_name") or "unknown")
 
 
-def _scalars(obj: dict | None, prefix: str) -> dict[str, str]:
-    """Flatten the scalar leaves of a report into tag-style keys: {"eval.finetuned.accuracy": "0.9", ...}."""
-    out: dict[str, str] = {}
+def _scalars(obj: dict | None, prefix: str = "") -> dict:
+    """The scalar leaves of a report under dotted keys: {"finetuned.accuracy": 0.9, "task": ...}; lists (the
+    confusion matrix, labels) stay in the report."""
+    out: dict = {}
     for key, value in (obj or {}).items():
-        name = f"{prefix}.{key}"
+        name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(_scalars(value, name))
+            out.update(_scalars(value, f"{name}."))
         elif isinstance(value, (str, int, float, bool)):
-            out[name] = str(value)
+            out[name] = value
     return out
 
 
@@ -203,8 +204,8 @@ def lineage(args: argparse.Namespace, reports: dict) -> dict:
         "code_version": f"{slmops.__version__}+g{commit[:12]}" if commit else slmops.__version__,
         "git_commit": commit,
         "pipeline_run_id": os.environ.get("AZUREML_ROOT_RUN_ID"),
-        "eval": _scalars(reports["metrics"], "eval"),
-        "optimize": _scalars(reports["optimize"], "optimize"),
+        "eval": _scalars(reports["metrics"]),
+        "optimize": _scalars(reports["optimize"]),
     }
 
 
@@ -212,8 +213,8 @@ def version_tags(lin: dict, checks: list[dict], step_run_id: str) -> dict[str, s
     """The tags every registered version carries: lineage, metrics, and the gate verdict."""
     tags = {f"lineage.{k}": str(v) for k, v in lin.items() if v is not None and not isinstance(v, dict)}
     tags["lineage.step_run_id"] = step_run_id
-    tags.update(lin["eval"])
-    tags.update(lin["optimize"])
+    tags.update({f"eval.{k}": str(v) for k, v in lin["eval"].items()})
+    tags.update({f"optimize.{k}": str(v) for k, v in lin["optimize"].items()})
     tags[registry.GATE_TAG] = "passed"
     tags[registry.GATE_CHECKS_TAG] = registry.tags_json(checks)
     return tags
