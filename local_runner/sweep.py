@@ -43,6 +43,7 @@ import itertools
 import math
 import random
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -443,12 +444,14 @@ def mlflow_history_reader(metric: str) -> Callable[[str], list[float]]:
 
 
 def run_sweep(spec: dict, start_trial, log, *, read_history: Callable[[str], list[float]] | None = None,
-              clock: Callable[[], float] = time.monotonic) -> SweepResult:
+              stop: threading.Event | None = None) -> SweepResult:
     """Run the sweep: start trials (at most max_concurrent_trials at once), stop them early as the policy says,
     honour the time limits, and return the best completed trial.
 
     `start_trial(index, params) -> local_runner.trial.Trial`; `log(message)` prints one line;
-    `read_history(run_id) -> [values]` defaults to reading the primary metric from MLflow.
+    `read_history(run_id) -> [values]` defaults to reading the primary metric from MLflow;
+    `stop`: once set (e.g. by the executor when the run is aborted), running trials are killed as by the timeout
+    and no more start. Should anything raise, the running trials are killed before the error propagates.
     """
     config, problems = read_sweep(spec)
     if problems:
@@ -461,7 +464,7 @@ def run_sweep(spec: dict, start_trial, log, *, read_history: Callable[[str], lis
         f"{config.goal} {config.primary_metric}"
         + (f", early termination: {config.policy.type}" if config.policy else ""))
 
-    started_at = clock()
+    started_at = time.monotonic()
     deadline = started_at + config.timeout if config.timeout else None
     running: dict[int, tuple] = {}  # index -> (trial, start time)
     histories: dict[int, list[float]] = {}
@@ -485,47 +488,53 @@ def run_sweep(spec: dict, start_trial, log, *, read_history: Callable[[str], lis
         values = read(index, trial)
         records[index] = {"index": index, "params": trial.params, "status": status,
                           "metric": values[-1] if values else None, "run_id": trial.run_id,
-                          "seconds": round(clock() - began, 3)}
+                          "seconds": round(time.monotonic() - began, 3)}
         shown = "no metric" if not values else f"{config.primary_metric}={values[-1]:.6g}"
-        log(f"trial {index} {status} ({shown}, {clock() - began:.1f}s){': ' + detail if detail else ''}")
+        log(f"trial {index} {status} ({shown}, {time.monotonic() - began:.1f}s){': ' + detail if detail else ''}")
 
-    while pending or running:
-        now = clock()
-        for index in sorted(running):
-            trial, began = running[index]
-            code = trial.poll()
-            if code is not None:
-                finish(index, "completed" if code == 0 else "failed", "" if code == 0 else f"exit code {code}")
-            elif config.trial_timeout and now - began >= config.trial_timeout:
-                finish(index, "timed_out", f"trial_timeout {config.trial_timeout}s")
-
-        if deadline is not None and now >= deadline:
-            log(f"sweep timeout ({config.timeout}s): canceling {len(running)} running trial(s), "
-                f"{len(pending)} not started")
+    try:
+        while pending or running:
+            now = time.monotonic()
             for index in sorted(running):
-                finish(index, "canceled", "sweep timeout")
-            break
+                trial, began = running[index]
+                code = trial.poll()
+                if code is not None:
+                    finish(index, "completed" if code == 0 else "failed", "" if code == 0 else f"exit code {code}")
+                elif config.trial_timeout and now - began >= config.trial_timeout:
+                    finish(index, "timed_out", f"trial_timeout {config.trial_timeout}s")
 
-        if config.policy and running and now - last_metric_poll >= METRIC_POLL_SECONDS:
-            last_metric_poll = now
-            for index in sorted(running):
-                read(index, running[index][0])
-            for index in sorted(running):
-                for interval in range(evaluated.get(index, 0) + 1, len(histories[index]) + 1):
-                    evaluated[index] = interval
-                    reason = termination_reason(config.policy, config.goal, histories, index, interval)
-                    if reason:
-                        finish(index, "early_terminated", reason)
-                        break
+            timed_out = deadline is not None and now >= deadline
+            if timed_out or (stop is not None and stop.is_set()):
+                reason = f"sweep timeout ({config.timeout}s)" if timed_out else "sweep stopped"
+                log(f"{reason}: canceling {len(running)} running trial(s), {len(pending)} not started")
+                for index in sorted(running):
+                    finish(index, "canceled", reason)
+                break
 
-        while pending and len(running) < config.max_concurrent_trials:
-            index, params = pending.pop(0)
-            log(f"trial {index} started: " + ", ".join(f"{k}={v!r}" for k, v in params.items()))
-            trials[index] = start_trial(index, params)
-            running[index] = (trials[index], clock())
+            if config.policy and running and now - last_metric_poll >= METRIC_POLL_SECONDS:
+                last_metric_poll = now
+                for index in sorted(running):
+                    read(index, running[index][0])
+                for index in sorted(running):
+                    for interval in range(evaluated.get(index, 0) + 1, len(histories.get(index, [])) + 1):
+                        evaluated[index] = interval
+                        reason = termination_reason(config.policy, config.goal, histories, index, interval)
+                        if reason:
+                            finish(index, "early_terminated", reason)
+                            break
 
-        if running:
-            time.sleep(POLL_SECONDS)
+            while pending and len(running) < config.max_concurrent_trials:
+                index, params = pending.pop(0)
+                log(f"trial {index} started: " + ", ".join(f"{k}={v!r}" for k, v in params.items()))
+                trials[index] = start_trial(index, params)
+                running[index] = (trials[index], time.monotonic())
+
+            if running:
+                time.sleep(POLL_SECONDS)
+    except BaseException:
+        for trial, _ in running.values():
+            trial.kill()
+        raise
 
     ordered = [records[i] for i in sorted(records)]
     best = best_trial(ordered, config.goal)

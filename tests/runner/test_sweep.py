@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -131,11 +132,15 @@ def test_bayesian_runs_as_random_with_a_notice():
          ["search_space.x.low: not a field of uniform", "search_space.x: uniform needs min_value, max_value"]),
         ({"search_space": {"x": {"type": "randint", "upper": 0}}, "sampling_algorithm": "random"}, None,
          ["search_space.x.upper: must be an integer >= 1"]),
-        ({"search_space": {"x": {"type": "choice", "values": []}}}, None, ["search_space.x.values: must be a non-empty"]),
+        ({"search_space": {"x": {"type": "choice", "values": []}}}, None,
+         ["search_space.x.values: must be a non-empty"]),
         ({"search_space": {}}, None, ["search_space: must map at least one"]),
         ({"sampling_algorithm": "hyperband"}, None, ["sampling_algorithm.type: unknown 'hyperband'"]),
-        ({"sampling_algorithm": {"type": "random", "seed": "x"}}, None, ["sampling_algorithm.seed: must be an integer"]),
-        ({"objective": {"primary_metric": "score", "goal": "up"}}, None, ["objective.goal: must be maximize or minimize"]),
+        ({"sampling_algorithm": {"type": "random", "seed": "x"}}, None,
+         ["sampling_algorithm.seed: must be an integer"]),
+        ({"sampling_algorithm": {"type": "grid", "seed": 1}}, None, ["sampling_algorithm.seed: not a field of grid"]),
+        ({"objective": {"primary_metric": "score", "goal": "up"}}, None,
+         ["objective.goal: must be maximize or minimize"]),
         ({"objective": {"goal": "minimize"}}, None, ["objective.primary_metric: must name"]),
         ({"limits": {"max_total_trials": 0, "wallclock": 5}}, None,
          ["limits.wallclock: unknown field", "limits.max_total_trials: must be an integer >= 1"]),
@@ -339,6 +344,27 @@ def test_sweep_timeout_stops_launching_trials():
         run_sweep(node, launcher, print, read_history=launcher.history)
     assert exc.value.problems == ["trial 0: canceled, metric -9.0"]  # trial 1 was never started
     assert len(launcher.trials) == 1
+
+
+def test_stop_event_cancels_the_sweep_and_errors_kill_running_trials():
+    launcher = CheapLauncher({3: 0, 0: 60})
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    node = spec(search_space={"x": {"type": "choice", "values": [3, 0]}})
+    result = run_sweep(node, launcher, print, read_history=launcher.history, stop=stop)
+    assert [t["status"] for t in result.trials] == ["completed", "canceled"]
+    assert launcher.trials[1].poll() is not None
+
+    def start_then_fail(index, params):
+        if index == 1:
+            raise RuntimeError("launcher broke")
+        return launcher(index, params)
+
+    launcher = CheapLauncher({0: 60, 3: 60})
+    with pytest.raises(RuntimeError, match="launcher broke"):
+        run_sweep(spec(search_space={"x": {"type": "choice", "values": [0, 3]}}), start_then_fail, print,
+                  read_history=launcher.history)
+    assert launcher.trials[0].poll() is not None  # not left running
 
 
 def test_sweep_fails_when_no_trial_logs_the_metric():
