@@ -1,13 +1,13 @@
-"""Sweep nodes: sampling, validation and early termination as pure functions; `run_sweep` over cheap subprocess
-trials (limits, concurrency, failures) and over real ones (tests/runner/assets/sweep/objective.py logs
-`score = -(x - 3)^2` to an MLflow sqlite store): early termination, and `slmops run` on a pipeline with a sweep.
+"""Sweep nodes: sampling, validation and early termination as pure functions (golden decisions); `run_sweep` over
+cheap subprocess trials (limits, concurrency, failures, stop); and `slmops run` end to end on a pipeline whose trials
+(tests/runner/assets/sweep/objective.py) log `score = -(x - 3)^2` to MLflow: the bandit policy kills the slow bad
+trial and the best trial's output flows to the next node.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import threading
@@ -28,8 +28,6 @@ from local_runner.sweep import (
 )
 from local_runner.trial import Trial
 from slmops.errors import UserError
-
-OBJECTIVE = Path(__file__).parent / "assets" / "sweep" / "objective.py"
 
 
 def spec(**overrides) -> dict:
@@ -262,23 +260,6 @@ def test_best_trial_is_the_best_completed_one():
 # ---------------------------------------------------------------------------------------------------- orchestration
 
 
-@pytest.fixture(scope="module")
-def tracking(tmp_path_factory):
-    """An MLflow sqlite store with one experiment; returns (uri, experiment_id)."""
-    from mlflow import MlflowClient
-
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    experiment_id = MlflowClient(uri).create_experiment("sweep-tests")
-    return uri, experiment_id
-
-
-@pytest.fixture
-def tracked(tracking, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking[0])
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    return tracking
-
-
 class CheapLauncher:
     """`start_trial` for the tests that need no MLflow: trial x sleeps `seconds[x]`, then exits (x < 0: code 3).
 
@@ -378,13 +359,15 @@ def test_sweep_fails_when_no_trial_logs_the_metric():
 # ---------------------------------------------------------------------------------------------------- end to end
 
 
-def test_slmops_run_sweep_node_kills_a_bad_trial_and_adopts_the_best(tracked, tmp_path):
+def test_slmops_run_sweep_node_kills_a_bad_trial_and_adopts_the_best(tmp_path, monkeypatch):
     """`slmops run` on tests/runner/assets/sweep/pipeline.yaml: a grid over x in [0, 3, 3.5] with a bandit policy;
     x=0 (1.5 s per step, 15 s in all) is killed, the best trial's output flows on to the downstream node."""
     from click.testing import CliRunner
 
     from slmops.cli import main
 
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")  # the runner sets it globally
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     pipeline = Path(__file__).parent / "assets" / "sweep" / "pipeline.yaml"
     run_dir = tmp_path / "runs" / "first"
     result = CliRunner().invoke(main, ["run", str(pipeline), "--run-dir", str(run_dir)])
