@@ -21,9 +21,9 @@ import json
 import os
 import re
 import shutil
-from time import sleep
 from dataclasses import dataclass
 from pathlib import Path
+from time import sleep
 
 from slmops.errors import GateFailed, UserError
 from slmops.io import atomic_dir
@@ -41,6 +41,9 @@ _REF_PATTERNS = [
 ]
 # The sqlite store gives up on a version number race after 3 tries; sqlite itself reports a held lock.
 _BUSY_MESSAGES = ("Giving up after", "database is locked")
+# What MLflow answers for an unknown model or version (RESOURCE_...) and an unknown alias (INVALID_...);
+# anything else (an unreachable server, bad credentials) is not a naming mistake and propagates as is.
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,9 @@ def get_version(tracking_uri: str, ref: ModelRef):
     c = client(tracking_uri)
     try:
         c.get_registered_model(ref.name)
-    except MlflowException:
+    except MlflowException as exc:
+        if exc.error_code not in _NOT_FOUND:
+            raise
         names = sorted(m.name for m in c.search_registered_models(max_results=50))
         raise UserError(f"no registered model {ref.name!r} in the registry at {tracking_uri!r} "
                         f"(registered: {names}); register one with the register step or fix the name") from None
@@ -88,7 +93,9 @@ def get_version(tracking_uri: str, ref: ModelRef):
         if ref.alias:
             return c.get_model_version_by_alias(ref.name, ref.alias)
         return c.get_model_version(ref.name, ref.version)
-    except MlflowException:
+    except MlflowException as exc:
+        if exc.error_code not in _NOT_FOUND:
+            raise
         versions = list_versions(tracking_uri, ref.name)
         known = [f"{v['version']}{' @' + ','.join(v['aliases']) if v['aliases'] else ''}" for v in versions]
         what = f"alias {ref.alias!r}" if ref.alias else f"version {ref.version!r}"
@@ -146,16 +153,11 @@ def require_gate_passed(tracking_uri: str, name: str, version: str) -> dict[str,
 
 def set_alias(tracking_uri: str, name: str, alias: str, version: str) -> str | None:
     """Point `alias` at `version` (moving it if it exists). Returns the version it pointed at before, or None."""
-    from mlflow.exceptions import MlflowException
-
     mv = get_version(tracking_uri, ModelRef(name, version=str(version)))
     c = client(tracking_uri)
-    try:
-        previous = str(c.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        previous = None
+    previous = dict(c.get_registered_model(name).aliases or {}).get(alias)
     c.set_registered_model_alias(name, alias, str(mv.version))
-    return previous
+    return None if previous is None else str(previous)
 
 
 def list_versions(tracking_uri: str, name: str) -> list[dict]:
@@ -166,7 +168,9 @@ def list_versions(tracking_uri: str, name: str) -> list[dict]:
     c = client(tracking_uri)
     try:
         aliases = dict(c.get_registered_model(name).aliases or {})  # alias -> version; search omits them
-    except MlflowException:
+    except MlflowException as exc:
+        if exc.error_code not in _NOT_FOUND:
+            raise
         return []
     found = c.search_model_versions(f"name = '{name}'")
     rows = [{"version": str(mv.version), "aliases": sorted(a for a, v in aliases.items() if str(v) == str(mv.version)),
