@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 from local_runner.graph import Graph, Node, toposort
@@ -69,7 +70,9 @@ def _load_job(pipeline: Path, tmp: Path):
     problems: list[str] = []
     overrides = _missing_code_overrides(pipeline, tmp, problems)
     try:
-        return load_job(str(pipeline), params_override=overrides), problems
+        with warnings.catch_warnings():                    # marshmallow deprecation noise from inside azure-ai-ml
+            warnings.simplefilter("ignore")
+            return load_job(str(pipeline), params_override=overrides), problems
     except Exception as exc:                               # marshmallow ValidationError / ValidationException
         return None, problems + _azure_problems(str(exc))
 
@@ -395,7 +398,9 @@ def build_graph(pipeline: Path, sets: dict[str, str], for_run: bool) -> tuple[Gr
 def _build(pipeline: Path, job, problems: list[str], sets: dict[str, str], for_run: bool) -> tuple[Graph, set[str]]:
     if getattr(job, "type", None) != "pipeline":
         raise UserError(f"{pipeline} is a '{job.type}' job, not a pipeline. Fix: give a `type: pipeline` job YAML.")
-    result = job._validate()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = job._validate()
     for error in result._to_dict().get("errors", []):
         if not str(error.get("message", "")).startswith(IGNORED_AZURE_ERRORS):
             problems.append(f"{error.get('path')}: {error.get('message')}")

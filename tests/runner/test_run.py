@@ -1,0 +1,225 @@
+"""`slmops run` end to end on small self-written components (assets/): reuse, resume after SIGKILL, MLflow
+records, distribution, nested pipelines, sweeps, data inputs, and what a person sees."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.runner.conftest import ASSETS, EXPERIMENT, invoke, slmops
+
+
+def run(runs: Path, pipeline, name: str, *extra):
+    return invoke("run", pipeline, "--run-dir", runs / name, *extra)
+
+
+def states(runs: Path, name: str) -> dict:
+    return json.loads((runs / name / "run.json").read_text())["steps"]
+
+
+def value(folder: Path) -> float:
+    return float((folder / "value.txt").read_text())
+
+
+def step(runs: Path, name: str, node: str) -> dict:
+    return json.loads((runs / name / node / "step.json").read_text())
+
+
+def test_second_run_reuses_everything_and_one_changed_parameter_reruns_its_dependants(runs):
+    first = run(runs, "pipe5.yaml", "r1")
+    assert first.exit_code == 0, first.output
+    assert set(states(runs, "r1").values()) == {"done"}
+    assert value(runs / "r1" / "outputs" / "final") == 100.0            # e = 1 * ((2 + 3) * 10) * 2
+    # Plain lines (not a TTY): each step's output prefixed with its name, and its log saved.
+    assert "a | total=2.0 flag=False cwd_has_step=True" in first.output   # runs inside the code snapshot
+    assert "[e] done" in first.output
+    assert "recorded, not built" in first.output and first.output.count("recorded, not built") == 1
+    assert "total=2.0" in (runs / "r1" / "a" / "user_logs" / "std_log.txt").read_text()
+
+    second = run(runs, "pipe5.yaml", "r2")
+    assert second.exit_code == 0, second.output
+    assert states(runs, "r2") == {n: "reused" for n in "abcde"}
+    assert value(runs / "r2" / "outputs" / "final") == 100.0
+    assert all(step(runs, "r1", n)["cache_key"] == step(runs, "r2", n)["cache_key"] for n in "abcde")
+    assert "reused the outputs" in (runs / "r2" / "a" / "user_logs" / "std_log.txt").read_text()
+
+    third = run(runs, "pipe5.yaml", "r3", "--set", "m=20")
+    assert third.exit_code == 0, third.output
+    assert states(runs, "r3") == {"a": "reused", "b": "reused", "c": "reused", "d": "done", "e": "done"}
+    assert value(runs / "r3" / "outputs" / "final") == 200.0
+
+
+def test_mlflow_parent_and_child_runs(runs):
+    from mlflow import MlflowClient
+
+    assert run(runs, "pipe5.yaml", "r1").exit_code == 0
+    assert run(runs, "pipe5.yaml", "r2").exit_code == 0
+    client = MlflowClient(f"sqlite:///{runs / '.slmops' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    for name, reused in (("r1", "false"), ("r2", "true")):
+        parent_id = json.loads((runs / name / "run.json").read_text())["mlflow_run_id"]
+        parent = client.get_run(parent_id)
+        assert parent.info.status == "FINISHED"
+        children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+        by_name = {c.info.run_name: c for c in children}
+        assert sorted(by_name) == list("abcde")
+        a = by_name["a"]
+        assert a.info.status == "FINISHED"
+        assert a.data.params["value"] == "2" and a.data.params["mode"] == "add" and a.data.params["flag"] == "False"
+        assert a.data.tags["slmops.cache_key"] == step(runs, name, "a")["cache_key"]
+        assert a.data.tags["slmops.reused"] == reused
+        assert a.data.tags["slmops.node"] == "a"
+    # The step process gets its own run's ids in MLFLOW_RUN_ID / AZUREML_ROOT_RUN_ID ...
+    first_parent = json.loads((runs / "r1" / "run.json").read_text())["mlflow_run_id"]
+    log = (runs / "r1" / "a" / "user_logs" / "std_log.txt").read_text()
+    assert f"run={step(runs, 'r1', 'a')['mlflow_run_id']} root={first_parent}" in log
+    # ... so `mlflow.log_metric` inside a component lands in its step's child run.
+    assert run(runs, "metric.yaml", "m1").exit_code == 0
+    logged = client.get_run(step(runs, "m1", "log")["mlflow_run_id"])
+    assert logged.data.metrics["total"] == 6.0
+    assert logged.info.status == "FINISHED"
+
+
+def test_sigkilled_step_leaves_nothing_reusable_and_the_next_run_resumes_there(runs):
+    first = run(runs, "resume.yaml", "r1")
+    assert first.exit_code == 1
+    assert "step 'count' failed (killed by signal SIGKILL)" in first.output
+    assert "killing myself at step 2" in first.output                      # the tail of its log
+    assert states(runs, "r1") == {"start": "done", "count": "failed", "after": "skipped"}
+    key = step(runs, "r1", "count")["cache_key"]
+    cached = runs / ".slmops" / "cache" / key
+    assert not (cached / "done").exists() and not (cached / "done.json").exists()
+    assert sorted(p.name for p in (cached / "attempt" / "checkpoints").iterdir()) == ["step-0", "step-1"]
+    assert not (runs / "r1" / "count" / "outputs").exists()
+
+    second = run(runs, "resume.yaml", "r2")
+    assert second.exit_code == 0, second.output
+    assert states(runs, "r2") == {"start": "reused", "count": "done", "after": "done"}
+    assert "resuming at step 2" in (runs / "r2" / "count" / "user_logs" / "std_log.txt").read_text()
+    assert sorted(p.name for p in (runs / "r2" / "count" / "outputs" / "checkpoints").iterdir()) == [
+        "step-0", "step-1", "step-2", "step-3"]
+    assert value(runs / "r2" / "after" / "outputs" / "out") == 11.0
+
+
+def test_failed_step_exits_nonzero_naming_it_and_dependants_do_not_start(runs):
+    result = run(runs, "resume.yaml", "r1", "--set", "fail=true", "--set", "die_at=99")
+    assert result.exit_code == 1
+    assert "step 'count' failed (exit code 3)" in result.stderr
+    assert "failing on purpose" in result.stderr
+    assert "not started: after" in result.stderr
+    assert not (runs / "r1" / "after").exists()
+
+
+def test_distribution_pytorch_starts_one_process_per_rank(runs):
+    result = run(runs, "distributed.yaml", "r1")
+    assert result.exit_code == 0, result.output
+    ranks = runs / "r1" / "ddp" / "outputs" / "ranks"
+    lines = sorted(p.read_text() for p in ranks.iterdir())
+    assert len(lines) == 2
+    for rank, line in enumerate(lines):
+        assert f"RANK={rank} WORLD_SIZE=2 LOCAL_RANK={rank} LOCAL_WORLD_SIZE=2 NODE_RANK=0 MASTER_ADDR=127.0.0.1" in line
+    # torch.distributed (gloo) rendezvous through those variables: all_reduce of rank+1 over 2 ranks = 3.
+    assert (runs / "r1" / "allreduce" / "outputs" / "out" / "sum.txt").read_text() == "3.0 2"
+
+
+def test_nested_pipeline_component_and_inline_command(runs):
+    result = run(runs, "nested.yaml", "r1")
+    assert result.exit_code == 0, result.output
+    assert value(runs / "r1" / "inner.first" / "outputs" / "out") == 5.0
+    assert value(runs / "r1" / "inner.second" / "outputs" / "out") == 20.0     # (5) * factor 4
+    assert value(runs / "r1" / "after" / "outputs" / "out") == 21.0            # 1 + inner's result
+    assert value(runs / "r1" / "inline" / "outputs" / "out") == 7.0
+    assert "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04" in result.output
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ((), {"fixed": "reused", "random": "done"}),                   # is_deterministic: false always runs
+    (("--force-rerun",), {"fixed": "done", "random": "done"}),
+])
+def test_reuse_is_disabled_by_nondeterminism_and_force_rerun(runs, extra, expected):
+    assert run(runs, "nondet.yaml", "r1").exit_code == 0
+    assert run(runs, "nondet.yaml", "r2", *extra).exit_code == 0
+    assert states(runs, "r2") == expected
+
+
+def test_local_data_input_and_set_path(runs, tmp_path):
+    assert run(runs, "local_input.yaml", "r1").exit_code == 0
+    assert value(runs / "r1" / "use" / "outputs" / "out") == 9.0               # 4.5 from assets/data * 2
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "value.txt").write_text("1.5")
+    assert run(runs, "local_input.yaml", "r2", "--set", f"data={other}", "--set", "scale=3").exit_code == 0
+    assert value(runs / "r2" / "use" / "outputs" / "out") == 4.5
+    (other / "value.txt").write_text("2.5")                                     # input content is in the key
+    assert run(runs, "local_input.yaml", "r3", "--set", f"data={other}", "--set", "scale=3").exit_code == 0
+    assert states(runs, "r3") == {"use": "done"}
+    assert value(runs / "r3" / "use" / "outputs" / "out") == 7.5
+
+
+def test_azureml_input_cannot_be_resolved_offline(runs):
+    result = run(runs, "cloud_input.yaml", "r1")
+    assert result.exit_code == 2
+    assert "inputs.data: azureml://datastores/workspaceblobstore/paths/numbers/" in result.stderr
+    assert "--set data=./local/path" in result.stderr
+
+
+def test_edits_to_code_and_component_files_are_seen(runs, tmp_path):
+    work = tmp_path / "work"
+    for name in ("components", "src"):
+        shutil.copytree(ASSETS / name, work / name)
+    shutil.copyfile(ASSETS / "pipe5.yaml", work / "pipe5.yaml")
+    assert run(runs, work / "pipe5.yaml", "r1").exit_code == 0
+    pipeline = work / "pipe5.yaml"
+    pipeline.write_text(pipeline.read_text().replace("  y: 3\n", "  y: 4\n"))
+    assert run(runs, pipeline, "r2").exit_code == 0
+    assert states(runs, "r2") == {"a": "reused", "b": "done", "c": "done", "d": "done", "e": "done"}
+    with open(work / "src" / "step.py", "a") as fh:
+        fh.write("# an edit to the code snapshot\n")
+    assert run(runs, pipeline, "r3").exit_code == 0
+    assert set(states(runs, "r3").values()) == {"done"}
+    component = work / "components" / "add.yaml"
+    component.write_text(component.read_text().replace("max: 1000", "max: 999"))
+    assert run(runs, pipeline, "r4").exit_code == 0
+    assert set(states(runs, "r4").values()) == {"done"}
+
+
+def test_a_pipeline_in_the_azureml_examples_layout_runs_unmodified(runs):
+    result = run(runs, "azureml_layout/pipeline.yml", "r1")
+    assert result.exit_code == 0, result.output
+    listing = (runs / "r1" / "outputs" / "report" / "listing.txt").read_text()
+    assert listing == "hello\nsample.csv: 3 lines\n"
+
+
+def test_sweep_node_takes_the_best_trials_outputs(runs):
+    from mlflow import MlflowClient
+
+    result = run(runs, "sweep.yaml", "r1")
+    assert result.exit_code == 0, result.output
+    assert value(runs / "r1" / "tune" / "outputs" / "out") == 10.0             # value 5 * scale 2
+    report = json.loads((runs / "r1" / "tune" / "sweep.json").read_text())
+    assert report["best_params"] == {"value": 5} and report["best_metric"] == 10.0
+    assert len(report["trials"]) == 3
+    client = MlflowClient(f"sqlite:///{runs / '.slmops' / 'mlflow.db'}")
+    sweep_run = step(runs, "r1", "tune")["mlflow_run_id"]
+    trials = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
+                                f"tags.mlflow.parentRunId = '{sweep_run}'")
+    assert sorted(t.data.metrics["total"] for t in trials) == [2.0, 6.0, 10.0]
+    assert run(runs, "sweep.yaml", "r2").exit_code == 0
+    assert states(runs, "r2") == {"tune": "reused"}
+
+
+def test_cached_rerun_of_five_steps_takes_under_3s(runs):
+    """The acceptance figure, through the installed console script (a fresh process, as a user runs it)."""
+    assert slmops("run", "pipe5.yaml", "--run-dir", runs / "warm").returncode == 0
+    timings = []
+    for attempt in range(2):
+        started = time.perf_counter()
+        result = slmops("run", "pipe5.yaml", "--run-dir", runs / f"cached{attempt}")
+        timings.append(time.perf_counter() - started)
+        assert result.returncode == 0, result.stderr
+        assert states(runs, f"cached{attempt}") == {n: "reused" for n in "abcde"}
+    assert min(timings) < 3.0, timings
