@@ -63,10 +63,10 @@ class Call:
     headers: dict
 
 
-def _response(request, status: int, body=None, headers=None):
+def _response(request, status: int, body=None, headers=None, text: str | None = None):
     raw = requests.Response()
     raw.status_code = status
-    raw._content = b"" if body is None else json.dumps(body).encode()
+    raw._content = text.encode() if text is not None else b"" if body is None else json.dumps(body).encode()
     raw._content_consumed = True
     raw.raw = io.BytesIO(raw._content)
     raw.headers["Content-Type"] = "application/json"
@@ -194,7 +194,9 @@ class FakeAzureML(HttpTransport):
                 return _not_found(request, path)
             return _response(request, 200, self.runs[m[1]])
         if method == "GET" and path.startswith("/logs/"):
-            return _response(request, 200, self.logs.get(path, ""))
+            if path not in self.logs:
+                return _not_found(request, path)
+            return _response(request, 200, text=self.logs[path], headers={"Content-Type": "text/plain"})
         if method == "POST" and path == "/history/v1.0/rundata":
             run = self.runs.get(body["runId"])
             if run is None:

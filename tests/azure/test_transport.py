@@ -98,11 +98,16 @@ def test_logs_of_a_running_run_without_follow_does_not_block(invoke):
     assert [(c.method, c.path) for c in calls] == [("GET", "/jobs/run2")]
 
 
-def test_logs_of_a_finished_run_reads_run_history(invoke):
+def test_logs_of_a_finished_run_prints_every_steps_log_files(invoke):
     result, calls = invoke("logs", "run1")
     assert result.exit_code == 0, result.output
-    assert "RunId: run1" in result.output
-    assert ("GET", "/history/v1.0/runs/run1/details") in [(c.method, c.path) for c in calls]
+    assert "===== run1: logs/azureml/executionlogs.txt\n[2026-11-23 04:00:00Z] Step prep: Completed" in result.output
+    assert "===== prep: user_logs/std_log.txt\nprep: 600 rows -> train 540, validation 60" in result.output
+    made = [(c.method, c.path) for c in calls]
+    for request in (("GET", "/history/v1.0/runs/run1/details"), ("GET", "/history/v1.0/runs/run1/children"),
+                    ("GET", "/history/v1.0/runs/run1_prep/details"), ("GET", "/logs/std_log.txt")):
+        assert request in made
+    assert SECRET_MARK not in result.output  # the SAS signature of the log URLs
 
 
 def test_download_resolves_the_named_output(invoke, monkeypatch, tmp_path):
@@ -153,7 +158,9 @@ def test_no_token_in_output_logs_payloads_or_artifacts(invoke, service, credenti
     for text in outputs + [caplog.text]:
         assert SECRET_MARK not in text
     for call in calls:
-        assert SECRET_MARK not in repr(call.body) and SECRET_MARK not in call.path + repr(call.query)
+        assert SECRET_MARK not in repr(call.body) and SECRET_MARK not in call.path
+        # the only query allowed to carry it: a log file's SAS signature, sent to the storage account itself
+        assert SECRET_MARK not in repr(call.query) or set(call.query) == {"sig"} and call.path.startswith("/logs/")
         leaked = [k for k, v in call.headers.items() if SECRET_MARK in v and k.lower() != "authorization"]
         # azure-ai-ml hands the user's token to the jobs service in this header, by design (pipeline jobs).
         assert leaked in ([], ["x-azureml-token"] if call.path.startswith("/jobs/") else [])

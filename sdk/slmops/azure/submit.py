@@ -186,14 +186,31 @@ def status(ml_client, name: str) -> dict:
 
 
 def logs(ml_client, name: str, follow: bool, echo=print) -> str:
-    """Stream the run's logs. Without `follow` a run still going is only reported (streaming would block)."""
+    """Print a run's logs: `follow` streams until the run ends (azure-ai-ml's `jobs.stream`); otherwise the log
+    files of a finished run and of each of its steps are printed once, and a run still going is only reported
+    (streaming would block). Log files are fetched from the SAS URLs run history hands out; the URLs (which
+    carry a signature) are never printed, only the file names."""
+    from azure.ai.ml._utils.utils import download_text_from_url
+
     job = ml_client.jobs.get(name)
-    if not follow and _text(job.status) not in TERMINAL:
+    if follow:
+        ml_client.jobs.stream(name)
+        return _text(ml_client.jobs.get(name).status)
+    if _text(job.status) not in TERMINAL:
         echo(f"{name} is {_text(job.status)}; run `slmops logs {name} --follow` to stream its logs until it ends.")
         echo(f"Studio: {job.studio_url}")
         return _text(job.status)
-    ml_client.jobs.stream(name)
-    return _text(ml_client.jobs.get(name).status)
+    runs = [(name, job.display_name)]
+    if job.type == "pipeline":
+        runs += [(child.name, child.display_name) for child in ml_client.jobs.list(parent_job_name=name)]
+    for run_name, display_name in runs:
+        # azure-ai-ml has no public call for a finished run's log files; jobs.stream uses these same two.
+        details = ml_client.jobs._runs_operations.get_run_details(run_name)
+        for log_name, url in sorted((details.log_files or {}).items()):
+            echo(f"===== {display_name or run_name}: {log_name}")
+            echo(download_text_from_url(url, ml_client.jobs._requests_pipeline).rstrip("\n"))
+    echo(f"{name}: {_text(job.status)}  Studio: {job.studio_url}")
+    return _text(job.status)
 
 
 def download(ml_client, name: str, output: str | None, to: Path) -> Path:
