@@ -70,7 +70,10 @@ ENDPOINT_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
               help="requests sent through the endpoint at each traffic step to measure the error rate")
 @click.option("--max-error-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="largest tolerated share of failed probes per step before rolling back")
-@click.option("--tracking-uri", default=None, help=TRACKING_HELP)
+@click.option("--alias", default="production", show_default=True,
+              help="registry alias moved to the model on success (a staging endpoint would use 'staging')")
+@click.option("--tracking-uri", default=None,
+              help=TRACKING_HELP + "; on Azure ML without it, the workspace's MLflow URI")
 @click.option("--subscription", default=None, help="Azure subscription id (default: $AZURE_SUBSCRIPTION_ID)")
 @click.option("--resource-group", default=None, help="Azure resource group (default: $AZURE_RESOURCE_GROUP)")
 @click.option("--workspace", default=None, help="Azure ML workspace (default: $AZUREML_WORKSPACE_NAME)")
@@ -78,11 +81,11 @@ ENDPOINT_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
               help="deployment YAML (default: the packaged specs/deployment.yml)")
 @click.option("--endpoint-spec", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="endpoint YAML (default: the packaged specs/endpoint.yml)")
-def promote(model, endpoint, mirror, steps, dry_run, local, smoke_request, probes, max_error_rate, tracking_uri,
-            subscription, resource_group, workspace, deployment_spec, endpoint_spec):
+def promote(model, endpoint, mirror, steps, dry_run, local, smoke_request, probes, max_error_rate, alias,
+            tracking_uri, subscription, resource_group, workspace, deployment_spec, endpoint_spec):
     """Promote a registered MODEL (models:/NAME/VERSION, models:/NAME@ALIAS or NAME:VERSION) to an online
     endpoint: blue/green deployment, smoke test, optional mirroring, stepped traffic shift, automatic rollback;
-    on success the registry alias `production` moves to it. Exit codes: 2 bad input, 3 gate not passed,
+    on success the registry alias (default `production`) moves to it. Exit codes: 2 bad input, 3 gate not passed,
     4 rolled back."""
     from slmops import registry
     from slmops.serving import backends
@@ -101,19 +104,29 @@ def promote(model, endpoint, mirror, steps, dry_run, local, smoke_request, probe
         except UserError as exc:
             problems.append(str(exc))
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if not dry_run and not tracking_uri:
+    if local and not dry_run and not tracking_uri:
         problems.append("no model registry: pass --tracking-uri or set MLFLOW_TRACKING_URI")
+    if not re.match(r"^[\w-]+$", alias):
+        problems.append(f"--alias {alias!r}: letters, digits, '_' or '-' only")
     if problems:
         raise UserError("cannot promote:", problems=problems)
 
     specs = {k: v for k, v in (("endpoint_spec", endpoint_spec), ("deployment_spec", deployment_spec)) if v}
+    client = None
+    if not local and not dry_run:
+        from slmops.azure.workspace import default_credential, ml_client, resolve_workspace
+
+        ws = resolve_workspace({"subscription_id": subscription, "resource_group": resource_group,
+                                "workspace_name": workspace}, os.environ, Path.cwd())
+        client = ml_client(default_credential(), ws)
+        tracking_uri = tracking_uri or client.workspaces.get(ws.workspace_name).mlflow_tracking_uri
     version = ref.version
     if not dry_run:
         version = str(registry.get_version(tracking_uri, ref).version)
         registry.require_gate_passed(tracking_uri, ref.name, version)
     plan_args = dict(endpoint=endpoint, name=ref.name, version=version or f"<version of @{ref.alias}>",
                      steps=pr.parse_steps(steps), mirror=mirror, probes=probes, max_error_rate=max_error_rate,
-                     smoke_requests=pr.load_smoke_requests(smoke_request))
+                     smoke_requests=pr.load_smoke_requests(smoke_request), alias=alias)
     if local:
         backend = backends.LocalEndpoint(backends.local_root(), endpoint)
         target_model = f"<local folder of models:/{ref.name}/{plan_args['version']}>"
@@ -121,20 +134,13 @@ def promote(model, endpoint, mirror, steps, dry_run, local, smoke_request, probe
             target_model = str(registry.resolve(f"models:/{ref.name}/{version}", tracking_uri=tracking_uri,
                                                 cache_dir=CACHE_DIR.expanduser()))
     else:
-        client = None
-        if not dry_run:
-            from slmops.azure.workspace import default_credential, ml_client, resolve_workspace
-
-            ws = resolve_workspace({"subscription_id": subscription, "resource_group": resource_group,
-                                    "workspace_name": workspace}, os.environ, Path.cwd())
-            client = ml_client(default_credential(), ws)
         backend = backends.AzureEndpoint(client, endpoint, **specs)
         target_model = f"azureml:{ref.name}:{plan_args['version']}"
     plan = pr.Plan(model=target_model, **plan_args)
     if dry_run:
         click.echo(pr.dry_run_text(backend, plan))
         return
-    report = pr.roll_out(backend, plan, lambda: registry.set_alias(tracking_uri, ref.name, "production", version),
+    report = pr.roll_out(backend, plan, lambda: registry.set_alias(tracking_uri, ref.name, alias, version),
                          say=click.echo)
     click.echo(json.dumps(report, indent=2))
     if local:

@@ -13,9 +13,9 @@ The roll-out (`roll_out`) is one plain sequence over an endpoint backend (slmops
   4. optionally mirror PCT % of live traffic to the target while probe requests run, then smoke test again;
   5. shift traffic in steps (e.g. 10, 50, 100 %); after each, probe requests through the endpoint must stay
      within the error rate;
-  6. move the registry alias `production` to the version, then retire the old slot.
+  6. move the registry alias (`production`, or `--alias`) to the version, then retire the old slot.
 Any failure in 2-6 rolls back: traffic and mirroring restored to what they were, the target slot deleted,
-`production` untouched; the command exits 4.
+the alias untouched; the command exits 4.
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ class RolloutFailed(UserError):
 class Plan:
     endpoint: str
     model: str            # what the backend deploys: azureml:NAME:VERSION (Azure) or a local model folder
-    name: str             # registered model name and version whose alias `production` moves on success
+    name: str             # registered model name and version whose alias moves on success
     version: str
+    alias: str = "production"  # the registry alias moved to the version on success
     steps: tuple[int, ...] = (10, 50, 100)
     mirror: int = 0
     probes: int = 20
@@ -111,7 +112,7 @@ def error_rate(backend, body: dict, n: int) -> tuple[float, list[str]]:
 
 
 def roll_out(backend, plan: Plan, move_alias, say=print) -> dict:
-    """Run the roll-out (steps 1-6 above). `move_alias()` moves `production` (step 6). Returns a report."""
+    """Run the roll-out (steps 1-6 above). `move_alias()` moves the alias (step 6). Returns a report."""
     say(f"[1/6] endpoint {plan.endpoint}: checking it exists")
     backend.ensure_endpoint()
     before = backend.state()
@@ -155,8 +156,8 @@ def roll_out(backend, plan: Plan, move_alias, say=print) -> dict:
             if rate > plan.max_error_rate:
                 raise RuntimeError(f"error rate {rate:.0%} > {plan.max_error_rate:.0%} at traffic {traffic}: "
                                    f"{problems[:3]}")
-        say(f"[6/6] moving alias production of {plan.name} to version {plan.version}")
-        report["previous_production"] = move_alias()
+        say(f"[6/6] moving alias {plan.alias} of {plan.name} to version {plan.version}")
+        report[f"previous_{plan.alias}"] = move_alias()
     except Exception as exc:
         say(f"FAILED: {exc}\nrolling back: traffic {before['traffic']}, no mirroring, deleting {target}")
         undo_problems = []
@@ -170,7 +171,7 @@ def roll_out(backend, plan: Plan, move_alias, say=print) -> dict:
             except Exception as undo:
                 undo_problems.append(f"deleting {target} failed: {undo}")
         raise RolloutFailed(f"promotion of {plan.name} version {plan.version} to {plan.endpoint} failed and was "
-                            f"rolled back (production alias untouched): {exc}", problems=undo_problems) from exc
+                            f"rolled back ({plan.alias} alias untouched): {exc}", problems=undo_problems) from exc
     if live:
         say(f"retiring the old slot {live}")
         backend.delete(live)
@@ -190,8 +191,8 @@ def dry_run_text(backend, plan: Plan, assumed_live: str | None = "blue") -> str:
              f"  4. " + (f"mirror {plan.mirror}% of traffic to {target}" if plan.mirror else "no mirroring"),
              "  5. traffic steps, each checked with "
              f"{plan.probes} probes, max error rate {plan.max_error_rate:.0%}: {traffic_steps(plan, live, target)}",
-             f"  6. move alias production -> {plan.name}/{plan.version}; delete {live}",
-             "  on any failure in 2-6: restore traffic, delete the target slot, leave production as is",
+             f"  6. move alias {plan.alias} -> {plan.name}/{plan.version}; delete {live}",
+             f"  on any failure in 2-6: restore traffic, delete the target slot, leave {plan.alias} as is",
              "payloads:",
              "  deployment:",
              _indent(json.dumps(backend.describe_deploy(target, plan.model), indent=2, default=str), 4),
