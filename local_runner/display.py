@@ -14,7 +14,7 @@ STYLES = {"pending": "dim", "running": "cyan", "reused": "green", "done": "bold 
 
 
 class Display:
-    def __init__(self, nodes: list[str], live: bool | None = None):
+    def __init__(self, nodes: list[str], live: bool | None = None, console=None):
         self.states = {name: "pending" for name in nodes}
         self.started: dict[str, float] = {}
         self.durations: dict[str, float] = {}
@@ -25,7 +25,7 @@ class Display:
             from rich.console import Console
             from rich.live import Live
 
-            self.console = Console()
+            self.console = console or Console()
             self._live = Live(self._table(), console=self.console, refresh_per_second=4, transient=False,
                               get_renderable=self._table)
             self._live.start()

@@ -81,7 +81,7 @@ class StepProcess:
     """The process(es) of one step: output streamed to the display with a prefix and appended to the log."""
 
     def __init__(self, prefix: str, command: str, cwd: Path, env: dict, log_path: Path, display: Display,
-                 processes: int = 1, distributed: bool = False):
+                 processes: int = 1, distributed: bool = False, lock_fd: int | None = None):
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log = open(log_path, "ab")
         self.log_lock = threading.Lock()
@@ -97,7 +97,8 @@ class StepProcess:
                                 LOCAL_WORLD_SIZE=str(processes), NODE_RANK="0", GROUP_RANK="0",
                                 MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
             proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=proc_env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                    pass_fds=() if lock_fd is None else (lock_fd,))
             name = f"{prefix}[{rank}]" if processes > 1 else prefix
             thread = threading.Thread(target=self._pump, args=(proc, name), daemon=True)
             thread.start()
@@ -150,6 +151,7 @@ class Active:
     run_id: str
     handle: object
     outputs: dict[str, Path]
+    lock_fd: int
     started: float = field(default_factory=time.monotonic)
 
 
@@ -208,6 +210,7 @@ class Executor:
             status = "KILLED"
             for name, active in self.running.items():
                 active.handle.kill()
+                os.close(active.lock_fd)
                 self.tracker.end_run(active.run_id, "KILLED")
                 self._set(name, "killed")
             raise
@@ -282,20 +285,27 @@ class Executor:
             self._set(node.name, "reused")
             return
 
+        lock_fd = self.store.lock(key)
+        if lock_fd is None:
+            reason = (f"another process (pid {self.store.lock_holder(key)}) is running this very step: a concurrent "
+                      "`slmops run`, or a step left behind by a killed one. Wait for it to end or kill it, then re-run")
+            self.failed.append((node.name, reason))
+            self._set(node.name, "failed", reason)
+            return
         run_id = self.tracker.start_run(node.name, self.parent_run, dict(tags, **{"slmops.reused": "false"}),
                                         {k: format_value(v) for k, v in values.items()})
         outputs = self.store.attempt_outputs(key, list(node.outputs))
         cwd = self.store.snapshot(node.code, code_hash)
         env = self._env(run_id)
         if node.kind == "sweep":
-            handle = SweepHandle(self, node, key, run_id, values, outputs, cwd)
+            handle = SweepHandle(self, node, key, run_id, values, outputs, cwd, lock_fd)
         else:
             command = render_command(node.command, values, outputs, f"jobs.{node.name}.command")
             dist = node.distribution or {}
             processes = int(dist.get("process_count_per_instance") or 1) if dist.get("type") == "pytorch" else 1
             handle = StepProcess(node.name, command, cwd, env, log_path, self.display, processes,
-                                 distributed=dist.get("type") == "pytorch")
-        self.running[node.name] = Active(node, key, run_id, handle, outputs)
+                                 distributed=dist.get("type") == "pytorch", lock_fd=lock_fd)
+        self.running[node.name] = Active(node, key, run_id, handle, outputs, lock_fd)
         self._record(node, key, run_id, "running", values)
         self._set(node.name, "running")
 
@@ -308,6 +318,12 @@ class Executor:
         return env
 
     def _finish(self, name: str, active: Active, code: int) -> None:
+        try:
+            self._conclude(name, active, code)
+        finally:
+            os.close(active.lock_fd)
+
+    def _conclude(self, name: str, active: Active, code: int) -> None:
         node = active.node
         log_path = self.run_dir / name / "user_logs" / "std_log.txt"
         if code == 0 and node.kind == "sweep":
@@ -369,9 +385,9 @@ class SweepHandle:
     """A sweep node in progress: `local_runner.sweep.run_sweep` in a thread, its trials as step processes."""
 
     def __init__(self, executor: Executor, node: Node, key: str, run_id: str, values: dict,
-                 outputs: dict[str, Path], cwd: Path):
+                 outputs: dict[str, Path], cwd: Path, lock_fd: int):
         self.ex, self.node, self.key, self.run_id = executor, node, key, run_id
-        self.values, self.cwd = values, cwd
+        self.values, self.cwd, self.lock_fd = values, cwd, lock_fd
         self.result = None
         self.error = ""
         self.trials: list[Trial] = []
@@ -407,7 +423,7 @@ class SweepHandle:
         command = render_command(self.node.command, values, outputs, f"jobs.{self.node.name}.trial")
         log_path = self.ex.run_dir / self.node.name / "trials" / str(index) / "user_logs" / "std_log.txt"
         proc = StepProcess(f"{self.node.name}[{index}]", command, self.cwd, self.ex._env(run_id), log_path,
-                           self.ex.display)
+                           self.ex.display, lock_fd=self.lock_fd)
         ended = []
 
         def poll() -> int | None:

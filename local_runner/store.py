@@ -15,6 +15,7 @@ environment definition, input contents and parameter values, and output/run sett
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -96,6 +97,30 @@ class Store:
     # ---------------------------------------------------------------------------------------------- step cache
     def step_dir(self, key: str) -> Path:
         return self.root / "cache" / key
+
+    def lock(self, key: str) -> int | None:
+        """Lock a step key for one attempt; None when another process holds it.
+
+        The lock file descriptor is handed to the step's processes too, so a step orphaned by a killed runner
+        keeps its key locked until it ends: a new run never writes into the same attempt folders at once.
+        """
+        d = self.step_dir(key)
+        d.mkdir(parents=True, exist_ok=True)
+        fd = os.open(d / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        return fd
+
+    def lock_holder(self, key: str) -> str:
+        try:
+            return (self.step_dir(key) / "lock").read_text().strip() or "?"
+        except FileNotFoundError:
+            return "?"
 
     def finished(self, key: str) -> dict | None:
         """done.json of a finished step, or None when nothing reusable exists under this key."""

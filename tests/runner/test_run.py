@@ -105,6 +105,41 @@ def test_sigkilled_step_leaves_nothing_reusable_and_the_next_run_resumes_there(r
     assert value(runs / "r2" / "after" / "outputs" / "out") == 11.0
 
 
+def test_a_step_orphaned_by_a_killed_runner_keeps_its_key_locked(runs):
+    """SIGKILL the runner itself: its running step lives on; a new run must not write into the same folders."""
+    import fcntl
+    import os
+    import signal
+    import subprocess
+
+    from tests.runner.conftest import cli_env
+
+    args = ["resume.yaml", "--set", "sleep=0.6", "--set", "die_at=99"]
+    exe = shutil.which("slmops")
+    runner = subprocess.Popen([exe, "run", *args, "--run-dir", str(runs / "r1")], cwd=ASSETS, env=cli_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = runs / "r1" / "count" / "user_logs" / "std_log.txt"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and "step 0" in log.read_text()):
+        assert time.monotonic() < deadline and runner.poll() is None
+        time.sleep(0.1)
+    runner.send_signal(signal.SIGKILL)
+    runner.wait()
+
+    second = run(runs, *args[:1], "r2", *args[1:])
+    assert second.exit_code == 1
+    assert "is running this very step" in second.stderr
+
+    key = step(runs, "r1", "count")["cache_key"]
+    with open(runs / ".slmops" / "cache" / key / "lock") as fh:           # wait for the orphan to end
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    third = run(runs, *args[:1], "r3", *args[1:])
+    assert third.exit_code == 0, third.output
+    assert states(runs, "r3") == {"start": "reused", "count": "done", "after": "done"}
+    assert os.listdir(runs / "r3" / "count" / "outputs" / "checkpoints")
+
+
 def test_failed_step_exits_nonzero_naming_it_and_dependants_do_not_start(runs):
     result = run(runs, "resume.yaml", "r1", "--set", "fail=true", "--set", "die_at=99")
     assert result.exit_code == 1
@@ -223,3 +258,33 @@ def test_cached_rerun_of_five_steps_takes_under_3s(runs):
         assert result.returncode == 0, result.stderr
         assert states(runs, f"cached{attempt}") == {n: "reused" for n in "abcde"}
     assert min(timings) < 3.0, timings
+    # How: the cached path imports neither azure-ai-ml nor mlflow (nor rich: stdout is not a terminal here).
+    import subprocess
+    import sys
+
+    from tests.runner.conftest import cli_env
+
+    traced = subprocess.run([sys.executable, "-X", "importtime", "-c", "from slmops.cli import main; main()", "run",
+                             "pipe5.yaml", "--run-dir", str(runs / "traced")], cwd=ASSETS, env=cli_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert traced.returncode == 0, traced.stderr[-2000:]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in traced.stderr.splitlines() if "|" in line}
+    assert imported.isdisjoint({"azure", "mlflow", "rich", "torch", "transformers"}), imported
+
+
+def test_live_display_renders_states_and_lines():
+    import io
+
+    from rich.console import Console
+
+    from local_runner.display import Display
+
+    display = Display(["a", "b"], live=True, console=Console(file=io.StringIO(), force_terminal=True, width=100))
+    display.state("a", "running")
+    display.line("a", "hello")
+    display.state("a", "done")
+    display.state("b", "failed", "exit code 1")
+    table = display._table()
+    display.close()
+    assert [c._cells for c in table.columns][:2] == [["a", "b"], ["[bold green]done[/]", "[bold red]failed[/]"]]
+    assert "a | hello" in display.console.file.getvalue()
