@@ -116,6 +116,8 @@ class FakeAzureML(HttpTransport):
             if prefix in path:
                 path = path.replace(prefix, "", 1) or "/"
                 break
+        path = re.sub(r"^/mferp/managementfrontend/providers/Microsoft.MachineLearningServices/registries/[^/]+",
+                      "/registry", path)
         raw_body = request.body if not is_rest(request) else request.content
         body = None
         if raw_body:
@@ -134,6 +136,9 @@ class FakeAzureML(HttpTransport):
 
     def route(self, request, method, path, query, body):
         full = WS_PATH + path
+        if path.startswith("/registry/"):
+            registry = re.search(r"/registries/([^/]+)", request.url)[1]
+            full = f"azureml://registries/{registry}" + path[len("/registry"):]
         if method == "GET" and path == "/":
             return _response(request, 200, {"id": WS_PATH, "name": WORKSPACE, "location": "westeurope",
                                             "properties": {"friendlyName": WORKSPACE,
@@ -145,6 +150,15 @@ class FakeAzureML(HttpTransport):
                                     "endpoint": "core.windows.net", "protocol": "https", "isDefault": True,
                                     "credentials": {"credentialsType": "AccountKey"}}}
             return _response(request, 200, {"value": [store]} if path == "/datastores" else store)
+        if method == "GET" and (m := re.fullmatch(r"/registrymanagement/v1.0/registries/([^/]+)/discovery", path)):
+            return _response(request, 200, {"registryName": m[1], "primaryRegion": "westeurope",
+                                            "primaryRegionResourceProviderUri": "https://westeurope.api.azureml.ms/",
+                                            "subscriptionId": SUBSCRIPTION, "resourceGroup": RESOURCE_GROUP})
+        if method == "PUT" and (m := re.fullmatch(r"/registry/tempdatarefs/([^/]+)/versions/([^/]+)", path)):
+            blob = f"https://regstore.blob.core.windows.net/{m[1]}-{m[2]}"
+            return _response(request, 200, {"blobReferenceForConsumption": {
+                "blobUri": blob, "storageAccountArmId": "/storage/regstore",
+                "credential": {"credentialType": "SAS", "sasUri": f"{blob}?sig=registry-sas"}}})
         if method == "GET" and path == "/discovery":
             region = "https://westeurope.api.azureml.ms"
             return _response(request, 200, {"api": region, "catalog": region, "experimentation": region,
@@ -161,11 +175,11 @@ class FakeAzureML(HttpTransport):
         if method == "GET" and re.fullmatch(r"/codes/[^/]+/versions/[^/]+", path):
             return _response(request, 200, {"id": full, "name": path.rsplit("/", 1)[1],
                                             "properties": {"codeUri": "https://store.blob.core.windows.net/code/slmops-sdk"}})
-        if method == "PUT" and re.fullmatch(r"/(environments|components)/[^/]+/versions/[^/]+", path):
+        if method == "PUT" and re.fullmatch(r"(/registry)?/(environments|components|codes)/[^/]+/versions/[^/]+", path):
             stored = {**body, "id": full, "name": path.rsplit("/", 1)[1]}
             self.resources[path] = stored
             return _response(request, 201, stored)
-        if method == "GET" and re.fullmatch(r"/(environments|components)/[^/]+/versions/[^/]+", path):
+        if method == "GET" and re.fullmatch(r"(/registry)?/(environments|components|codes)/[^/]+/versions/[^/]+", path):
             if path in self.resources:
                 return _response(request, 200, self.resources[path])
             return _not_found(request, path)

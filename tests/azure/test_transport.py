@@ -167,3 +167,55 @@ def test_no_token_in_output_logs_payloads_or_artifacts(invoke, service, credenti
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert SECRET_MARK not in path.read_text(errors="replace"), path
+
+
+def test_components_publish_to_a_registry(invoke, monkeypatch):
+    """Registry publishing: discovery, environments and components under the registry's data plane, components
+    pointing at the registry's environment versions. The code snapshot's blob upload is recorded, not sent."""
+    from azure.ai.ml._artifacts._blob_storage_helper import BlobStorageClient
+
+    from slmops import __version__
+
+    uploads = []
+
+    def upload(self, source, name, version, **kwargs):
+        uploads.append((Path(source).name, name, version))
+        return {"remote path": f"LocalUpload/{name}/{Path(source).name}", "name": name, "version": version,
+                "indicator file": ""}
+
+    monkeypatch.setattr(BlobStorageClient, "upload", upload)
+    result, calls = invoke("components", "publish", "--registry", "slmops-reg")
+    assert result.exit_code == 0, result.output
+    made = [(c.method, c.path) for c in calls]
+    assert made[0] == ("GET", "/registrymanagement/v1.0/registries/slmops-reg/discovery")
+    component_puts = [c for c in calls if c.method == "PUT" and c.path.startswith("/registry/components/")]
+    assert [c.path for c in component_puts] == [f"/registry/components/slmops_{s}/versions/{__version__}"
+                                                for s in ("evaluate", "finetune", "optimize", "prep", "register")]
+    env_versions = {c.path.split("/")[3]: c.path.split("/")[-1]
+                    for c in calls if c.method == "PUT" and c.path.startswith("/registry/environments/")}
+    assert set(env_versions) == {"slmops-cpu", "slmops-gpu"}
+    finetune = component_puts[1].body["properties"]["componentSpec"]
+    assert finetune["environment"] == (
+        f"azureml://registries/slmops-reg/environments/slmops-gpu/versions/{env_versions['slmops-gpu']}")
+    assert uploads and all(source == "sdk" for source, _, _ in uploads)
+    again, calls = invoke("components", "publish", "--registry", "slmops-reg")
+    assert again.exit_code == 0, again.output
+    assert not [c for c in calls if c.method in ("PUT", "POST")]
+
+
+def test_no_usable_credential_is_a_user_error_with_the_fix(service):
+    """What DefaultAzureCredential raises when nothing is logged in, as the first request asks for a token."""
+    from azure.core.exceptions import ClientAuthenticationError
+    from click.testing import CliRunner
+
+    from slmops.cli import main
+    from tests.azure.conftest import WS_FLAGS
+
+    class NoCredential:
+        def get_token(self, *scopes, **kwargs):
+            raise ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token.")
+
+    result = CliRunner().invoke(main, ["status", "run1", *WS_FLAGS],
+                                obj={"credential": NoCredential(), "client_kwargs": {"transport": service}})
+    assert result.exit_code == 2
+    assert "az login" in result.output and "Traceback" not in result.output

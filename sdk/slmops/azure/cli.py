@@ -88,8 +88,8 @@ def submit(ctx, pipeline, sets, compute, experiment, dry_run, project_dir, subsc
     if dry_run:
         click.echo(json.dumps(submitting.dry_run_payload(job, envs_used), indent=2, sort_keys=True, default=str))
         return
-    client = _connect(ctx, subscription, resource_group, workspace)
     with service_errors(f"submit {pipeline}"):
+        client = _connect(ctx, subscription, resource_group, workspace)
         created = submitting.submit(client, job, envs_used, echo=click.echo)
     click.echo(f"run: {created.name}")
     click.echo(f"studio: {created.studio_url}")
@@ -103,8 +103,8 @@ def status(ctx, run, subscription, resource_group, workspace):
     """Show RUN's status and the status of each of its steps."""
     from slmops.azure import submit as submitting
 
-    client = _connect(ctx, subscription, resource_group, workspace)
     with service_errors(f"get run {run}"):
+        client = _connect(ctx, subscription, resource_group, workspace)
         info = submitting.status(client, run)
     click.echo(f"{info['name']} ({info['display_name']}): {info['status']}")
     for step in info["steps"]:
@@ -121,8 +121,8 @@ def logs(ctx, run, follow, subscription, resource_group, workspace):
     """Print RUN's logs (a finished run), or stream them with --follow."""
     from slmops.azure import submit as submitting
 
-    client = _connect(ctx, subscription, resource_group, workspace)
     with service_errors(f"read the logs of {run}"):
+        client = _connect(ctx, subscription, resource_group, workspace)
         submitting.logs(client, run, follow, echo=click.echo)
 
 
@@ -137,8 +137,8 @@ def download(ctx, run, output, to, subscription, resource_group, workspace):
     """Download RUN's outputs (or one of them) into a local folder."""
     from slmops.azure import submit as submitting
 
-    client = _connect(ctx, subscription, resource_group, workspace)
     with service_errors(f"download {output or 'the outputs'} of {run}"):
+        client = _connect(ctx, subscription, resource_group, workspace)
         folder = submitting.download(client, run, output, to)
     click.echo(f"downloaded {output or 'all outputs'} of {run} to {folder}")
 
@@ -151,8 +151,8 @@ def cancel(ctx, run, subscription, resource_group, workspace):
     """Cancel RUN."""
     from slmops.azure import submit as submitting
 
-    client = _connect(ctx, subscription, resource_group, workspace)
     with service_errors(f"cancel {run}"):
+        client = _connect(ctx, subscription, resource_group, workspace)
         submitting.cancel(client, run)
     click.echo(f"cancel requested for {run}")
 
@@ -176,6 +176,6 @@ def publish(ctx, registry, project_dir, subscription, resource_group, workspace)
     root = project_dir or environments.project_root(Path.cwd())
     envs = environments.load_environments(root / "environments")
     items = publishing.load_components(root / "components")
-    client = _connect(ctx, subscription, resource_group, workspace, registry=registry)
     with service_errors(f"publish components to {registry or 'the workspace'}"):
+        client = _connect(ctx, subscription, resource_group, workspace, registry=registry)
         publishing.publish(client, items, envs, registry, echo=click.echo)
