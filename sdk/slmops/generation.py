@@ -54,7 +54,7 @@ def torch_generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int,
     results = []
     try:
         for batch in _batches(prompts, batch_size):
-            enc = tokenizer(batch, return_tensors="pt", padding=True)
+            enc = tokenizer(batch, return_tensors="pt", padding=True).to(model.device)
             with torch.inference_mode():
                 out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
                                      min_new_tokens=min_new_tokens, pad_token_id=pad_id,

@@ -103,9 +103,9 @@ def completion_nll(model, rows: list[dict], batch_size: int) -> tuple[float, int
             attention[i, :n] = 1
             scored[i, max(1, r["prompt_length"]):n] = True
         with torch.inference_mode():
-            logits = model(input_ids=ids, attention_mask=attention).logits.float()
+            logits = model(input_ids=ids.to(model.device), attention_mask=attention.to(model.device)).logits
         # position t is predicted by the logits at t - 1
-        losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+        losses = F.cross_entropy(logits[:, :-1].float().transpose(1, 2).cpu(), ids[:, 1:], reduction="none")
         mask = scored[:, 1:]
         nll += float(losses[mask].sum())
         count += int(mask.sum())
@@ -118,6 +118,8 @@ def score(model_ref: str, rows: list[dict], references: list[str], args) -> tupl
 
     tokenizer = models.load_tokenizer(model_ref)
     model = models.load_causal_lm(model_ref, dtype=torch.float32, merge_adapter=True).eval()
+    if torch.cuda.is_available():  # a GPU compute target; CPU otherwise
+        model = model.to("cuda")
     prompts = [r["prompt"] for r in rows]
     predictions = generation.torch_complete(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
                                             batch_size=args.batch_size)

@@ -10,7 +10,8 @@
 2. Task accuracy on the held-out data (greedy, batched) with ORT GenAI and with PyTorch on the same merged
    model; for `generation` the score is ROUGE-L (`accuracy_metric` says which).
 3. Decode speed: `speed_prompts` prompts one at a time x exactly `speed_tokens` new tokens (greedy, the
-   end-of-sequence token suppressed until then), for both runtimes, after one warm-up prompt each.
+   end-of-sequence token suppressed until then), the two runtimes taking turns prompt by prompt after one
+   warm-up prompt each (on a shared machine both see the same load).
 Writes the ORT GenAI model folder to `--onnx_model` and `optimize_report.json` to `--report`.
 """
 
@@ -134,18 +135,21 @@ def task_score(task: str, predictions: list[str], references: list[str]) -> floa
     return metrics.rouge_l(predictions, references)
 
 
-def decode_speed(generate, prompts: list[str], new_tokens: int) -> float:
-    """Tokens/s of `generate(prompts, max_new_tokens=, min_new_tokens=, batch_size=)` one prompt at a time."""
-    generate(prompts[:1], max_new_tokens=new_tokens, min_new_tokens=new_tokens, batch_size=1)  # warm-up
-    produced = 0
-    start = time.perf_counter()
+def decode_speeds(generators: dict, prompts: list[str], new_tokens: int) -> dict[str, float]:
+    """Tokens/s of each `generate(prompts, max_new_tokens=, min_new_tokens=, batch_size=)`, one prompt at a
+    time. The runtimes take turns prompt by prompt, so both see the same load on a shared machine."""
+    fixed = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "batch_size": 1}
+    for generate in generators.values():
+        generate(prompts[:1], **fixed)  # warm-up
+    elapsed = dict.fromkeys(generators, 0.0)
     for prompt in prompts:
-        [ids] = generate([prompt], max_new_tokens=new_tokens, min_new_tokens=new_tokens, batch_size=1)
-        produced += len(ids)
-    elapsed = time.perf_counter() - start
-    if produced != len(prompts) * new_tokens:  # eos suppressed until new_tokens, so the count is fixed
-        raise RuntimeError(f"decode speed: generated {produced} tokens, expected {len(prompts) * new_tokens}")
-    return produced / elapsed
+        for name, generate in generators.items():
+            start = time.perf_counter()
+            [ids] = generate([prompt], **fixed)
+            elapsed[name] += time.perf_counter() - start
+            if len(ids) != new_tokens:  # eos is suppressed until new_tokens, so the count is fixed
+                raise RuntimeError(f"decode speed: {name} generated {len(ids)} tokens, expected {new_tokens}")
+    return {name: len(prompts) * new_tokens / seconds for name, seconds in elapsed.items()}
 
 
 def folder_mb(folder: Path) -> float:
@@ -181,18 +185,20 @@ def main(argv=None) -> dict:
                 config.append_provider(args.execution_provider)
             og_model = og.Model(config)
             og_tokenizer = og.Tokenizer(og_model)
+            torch_model = models.load_causal_lm(args.model, dtype=torch.float32).eval()
+            if args.execution_provider == "cuda" and torch.cuda.is_available():  # compare on the same device
+                torch_model = torch_model.to("cuda")
+
             onnx_predictions = generation.ort_complete(og_model, og_tokenizer, prompts,
                                                        max_new_tokens=args.max_new_tokens, batch_size=BATCH_SIZE)
-            onnx_speed = decode_speed(lambda p, **kw: generation.ort_generate(og_model, og_tokenizer, p, **kw),
-                                      speed_prompts, args.speed_tokens)
-            del og_tokenizer, og_model
-
-            torch_model = models.load_causal_lm(args.model, dtype=torch.float32).eval()
             torch_predictions = generation.torch_complete(torch_model, tokenizer, prompts,
                                                           max_new_tokens=args.max_new_tokens, batch_size=BATCH_SIZE)
-            torch_speed = decode_speed(lambda p, **kw: generation.torch_generate(torch_model, tokenizer, p, **kw),
-                                       speed_prompts, args.speed_tokens)
-            del torch_model
+            speeds = decode_speeds(
+                {"onnx": lambda p, **kw: generation.ort_generate(og_model, og_tokenizer, p, **kw),
+                 "pytorch": lambda p, **kw: generation.torch_generate(torch_model, tokenizer, p, **kw)},
+                speed_prompts, args.speed_tokens)
+            onnx_speed, torch_speed = speeds["onnx"], speeds["pytorch"]
+            del og_tokenizer, og_model, torch_model
 
             onnx_accuracy = task_score(args.task, onnx_predictions, references)
             torch_accuracy = task_score(args.task, torch_predictions, references)
