@@ -18,18 +18,19 @@ import click
 from slmops import __version__
 from slmops.errors import UserError
 
-COMMANDS: dict[str, str] = {
-    "run": "local_runner.cli:run",
-    "validate": "local_runner.cli:validate",
-    "quickstart": "slmops.quickstart:quickstart",
-    "submit": "slmops.azure.cli:submit",
-    "status": "slmops.azure.cli:status",
-    "logs": "slmops.azure.cli:logs",
-    "download": "slmops.azure.cli:download",
-    "cancel": "slmops.azure.cli:cancel",
-    "components": "slmops.azure.cli:components",
-    "serve": "slmops.serving.cli:serve",
-    "promote": "slmops.serving.cli:promote",
+# name -> (module:attribute, one-line help shown by `slmops --help` without importing the module)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "quickstart": ("slmops.quickstart:quickstart", "Build a tiny model offline and run the real pipeline on it."),
+    "run": ("local_runner.cli:run", "Run an Azure ML pipeline YAML on this machine, reusing unchanged steps."),
+    "validate": ("local_runner.cli:validate", "Check a pipeline YAML offline and report every problem."),
+    "submit": ("slmops.azure.cli:submit", "Submit a pipeline YAML to Azure ML (--dry-run: print the payload)."),
+    "status": ("slmops.azure.cli:status", "Show an Azure ML run's status and its steps."),
+    "logs": ("slmops.azure.cli:logs", "Print (or --follow) an Azure ML run's logs."),
+    "download": ("slmops.azure.cli:download", "Download an Azure ML run's outputs."),
+    "cancel": ("slmops.azure.cli:cancel", "Cancel an Azure ML run."),
+    "components": ("slmops.azure.cli:components", "Publish the components to a workspace or registry."),
+    "serve": ("slmops.serving.cli:serve", "Serve a model locally on the Azure ML inference server (key auth)."),
+    "promote": ("slmops.serving.cli:promote", "Roll a model out blue/green to an online endpoint, with rollback."),
 }
 
 
@@ -37,14 +38,17 @@ class LazyGroup(click.Group):
     """A click group whose subcommands are imported on first use."""
 
     def list_commands(self, ctx):
-        return sorted(COMMANDS)
+        return list(COMMANDS)
 
     def get_command(self, ctx, name):
-        target = COMMANDS.get(name)
-        if target is None:
+        if name not in COMMANDS:
             return None
-        module, attr = target.split(":")
+        module, attr = COMMANDS[name][0].split(":")
         return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx, formatter):
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][1]) for name in COMMANDS])
 
     def invoke(self, ctx):
         try:

@@ -1,0 +1,5 @@
+"""`python -m slmops` is the `slmops` command."""
+
+from slmops.cli import main
+
+main()
