@@ -128,6 +128,26 @@ def test_second_registration_moves_the_alias_and_base_model_id_wins(env, tmp_pat
     assert registry.list_versions(env, "tone-twice-onnx") == []
 
 
+def test_runner_snapshot_takes_the_commit_from_the_pipeline_run(env, store, tmp_path, monkeypatch):
+    """Run from a code snapshot (no .git) as a pipeline's child run: the commit comes from the pipeline run's
+    mlflow.source.git.commit tag, which Azure ML sets for jobs submitted from a git checkout."""
+    import subprocess
+
+    c = registry.client(env)
+    parent = c.create_run(store[1], tags={register.GIT_COMMIT_TAG: "0123456789abcdef" * 2 + "01234567"})
+    child = c.create_run(store[1], tags={"mlflow.parentRunId": parent.info.run_id})
+    monkeypatch.setenv("MLFLOW_RUN_ID", child.info.run_id)
+    monkeypatch.setenv("AZUREML_ROOT_RUN_ID", parent.info.run_id)
+    monkeypatch.setattr(register.subprocess, "run",
+                        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 128, "", "fatal: not a git repository"))
+    result = register.main(argv(write_inputs(tmp_path / "in"), tmp_path / "reg", "tone-snapshot"))
+    tags = registry.version_tags(env, "tone-snapshot", result["version"])
+    assert tags["lineage.git_commit"] == "0123456789abcdef" * 2 + "01234567"
+    assert tags["lineage.code_version"] == f"{slmops.__version__}+g0123456789ab"
+    assert tags["lineage.pipeline_run_id"] == parent.info.run_id
+    assert tags["lineage.step_run_id"] == child.info.run_id == result["lineage"]["step_run_id"]
+
+
 @pytest.mark.parametrize("metrics, gate, failed", [
     (dict(tuned=0.45), {"min_accuracy": 0.5}, ["fine-tuned accuracy 0.4500 < min_accuracy 0.5"]),
     (dict(tuned=0.6, base=0.55), {"min_gain": 0.1},

@@ -35,6 +35,7 @@ from slmops.io import atomic_dir, write_json
 
 _NAME_RE = re.compile(r"^[\w.\-]+$")
 _ALIAS_RE = re.compile(r"^[\w\-]+$")
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -161,14 +162,21 @@ def gate_checks(args: argparse.Namespace, metrics: dict, optimize: dict | None) 
     return checks
 
 
-def _git_commit() -> str | None:
-    """The commit of the slmops source, when it runs from a git checkout (not from a code snapshot)."""
+def _git_commit(tracking_uri: str, run_id: str) -> str | None:
+    """The commit of the code that ran: from git when slmops runs from a checkout; else from the
+    `mlflow.source.git.commit` tag on the step's run or its pipeline run (Azure ML sets it for jobs submitted
+    from a git checkout; a code snapshot has no .git of its own)."""
     try:
         out = subprocess.run(["git", "-C", str(Path(slmops.__file__).parent), "rev-parse", "HEAD"],
                              capture_output=True, text=True, timeout=10)
+        if out.returncode == 0:
+            return out.stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
+        pass
+    c = registry.client(tracking_uri)
+    tags = c.get_run(run_id).data.tags
+    parent = tags.get("mlflow.parentRunId")
+    return tags.get(GIT_COMMIT_TAG) or (c.get_run(parent).data.tags.get(GIT_COMMIT_TAG) if parent else None)
 
 
 def _base_model(args: argparse.Namespace) -> str:
@@ -196,8 +204,7 @@ def _scalars(obj: dict | None, prefix: str = "") -> dict:
     return out
 
 
-def lineage(args: argparse.Namespace, reports: dict) -> dict:
-    commit = _git_commit()
+def lineage(args: argparse.Namespace, reports: dict, commit: str | None) -> dict:
     return {
         "dataset_sha256": reports["data_report"]["sha256"],
         "base_model": _base_model(args),
@@ -235,7 +242,6 @@ def main(argv=None) -> dict:
     reports = validate(args, tracking_uri)
     checks = gate_checks(args, reports["metrics"], reports["optimize"])
     failed = [c for c in checks if not c["passed"]]
-    lin = lineage(args, reports)
 
     with tracking.step_run() as run:
         tracking.set_tags({"gate": "failed" if failed else "passed",
@@ -248,6 +254,7 @@ def main(argv=None) -> dict:
             print("register: no gate thresholds given (--min_accuracy/--min_gain/--max_optimized_drop); "
                   "registering without a quality gate")
 
+        lin = lineage(args, reports, _git_commit(tracking_uri, run.info.run_id))
         tags = version_tags(lin, checks, run.info.run_id)
         onnx_name = f"{args.model_name}-onnx"
         created: list[tuple[str, str]] = []
