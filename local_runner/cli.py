@@ -64,6 +64,10 @@ def run(pipeline: Path, set_: tuple[str, ...], run_dir: Path | None, max_paralle
     executor = Executor(graph, run_dir, store, tracker, display, max_parallel, force_rerun, str(pipeline.resolve()))
     try:
         code = executor.execute()
+    except KeyboardInterrupt:
+        display.close()
+        click.echo(f"interrupted: running steps killed; run folder: {run_dir}", err=True)
+        sys.exit(130)
     finally:
         display.close()
     states = executor.state

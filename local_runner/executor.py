@@ -29,14 +29,12 @@ from pathlib import Path
 
 from local_runner.display import Display
 from local_runner.graph import Graph, Node, toposort
+from local_runner.load import INPUT_REF, OPTIONAL, OUTPUT_REF
 from local_runner.store import Store, step_key
 from local_runner.trial import Trial
 from slmops.errors import UserError
 from slmops.io import write_json
 
-OPTIONAL = re.compile(r"\$\[\[(.*?)\]\]", re.S)
-INPUT_REF = re.compile(r"\$\{\{\s*inputs\.(\w+)\s*\}\}")
-OUTPUT_REF = re.compile(r"\$\{\{\s*outputs\.(\w+)\s*\}\}")
 TAIL_LINES = 25
 POLL_SECONDS = 0.05
 
@@ -153,6 +151,7 @@ class Active:
     outputs: dict[str, Path]
     lock_fd: int
     started: float = field(default_factory=time.monotonic)
+    timed_out: bool = False
 
 
 class Executor:
@@ -190,6 +189,11 @@ class Executor:
             while True:
                 for name, active in list(self.running.items()):
                     code = active.handle.poll()
+                    timeout = active.node.timeout
+                    if code is None and timeout and time.monotonic() - active.started > float(timeout):
+                        active.handle.kill()
+                        code = active.handle.poll()
+                        active.timed_out = True
                     if code is not None:
                         del self.running[name]
                         self._finish(name, active, code)
@@ -296,7 +300,7 @@ class Executor:
                                         {k: format_value(v) for k, v in values.items()})
         outputs = self.store.attempt_outputs(key, list(node.outputs))
         cwd = self.store.snapshot(node.code, code_hash)
-        env = self._env(run_id)
+        env = self._env(run_id, node.environment_variables)
         if node.kind == "sweep":
             handle = SweepHandle(self, node, key, run_id, values, outputs, cwd, lock_fd)
         else:
@@ -309,8 +313,9 @@ class Executor:
         self._record(node, key, run_id, "running", values)
         self._set(node.name, "running")
 
-    def _env(self, run_id: str) -> dict:
+    def _env(self, run_id: str, extra: dict | None = None) -> dict:
         env = dict(os.environ)
+        env.update({k: str(v) for k, v in (extra or {}).items()})
         env.update(MLFLOW_TRACKING_URI=self.tracker.uri, MLFLOW_RUN_ID=run_id,
                    MLFLOW_EXPERIMENT_ID=str(self.tracker.experiment_id), AZUREML_RUN_ID=run_id,
                    AZUREML_ROOT_RUN_ID=self.parent_run, PYTHONUNBUFFERED="1")
@@ -330,7 +335,9 @@ class Executor:
             code = active.handle.adopt_best(active.outputs)
         if code != 0:
             self.tracker.end_run(active.run_id, "FAILED")
-            if node.kind == "sweep" and active.handle.error:
+            if active.timed_out:
+                reason = f"killed after its limits.timeout of {node.timeout} s"
+            elif node.kind == "sweep" and active.handle.error:
                 reason = active.handle.error
             elif code < 0:
                 reason = f"killed by signal {signal.Signals(-code).name}"
@@ -422,7 +429,8 @@ class SweepHandle:
             {k: format_value(v) for k, v in values.items()})
         command = render_command(self.node.command, values, outputs, f"jobs.{self.node.name}.trial")
         log_path = self.ex.run_dir / self.node.name / "trials" / str(index) / "user_logs" / "std_log.txt"
-        proc = StepProcess(f"{self.node.name}[{index}]", command, self.cwd, self.ex._env(run_id), log_path,
+        proc = StepProcess(f"{self.node.name}[{index}]", command, self.cwd,
+                           self.ex._env(run_id, self.node.environment_variables), log_path,
                            self.ex.display, lock_fd=self.lock_fd)
         ended = []
 

@@ -32,6 +32,8 @@ class Node:
     is_deterministic: bool = True
     force_rerun: bool = False
     sweep: dict | None = None               # search_space, sampling_algorithm, objective, limits, early_termination
+    environment_variables: dict | None = None   # the job's `environment_variables:`, set for its processes
+    timeout: float | None = None            # the job's `limits.timeout` in seconds: the step is killed after it
 
     def upstream(self) -> list[str]:
         return sorted({b["node"] for b in self.inputs.values() if "node" in b})

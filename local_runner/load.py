@@ -23,6 +23,9 @@ from slmops.errors import UserError
 
 BINDING = re.compile(r"^\$\{\{\s*parent\.(?:inputs\.(?P<input>[\w.]+)|jobs\.(?P<job>\w+)\.outputs\.(?P<output>\w+)"
                      r"|outputs\.(?P<pout>\w+))\s*\}\}$")
+OPTIONAL = re.compile(r"\$\[\[(.*?)\]\]", re.S)
+INPUT_REF = re.compile(r"\$\{\{\s*inputs\.(\w+)\s*\}\}")
+OUTPUT_REF = re.compile(r"\$\{\{\s*outputs\.(\w+)\s*\}\}")
 DATA_TYPES = {"uri_file", "uri_folder", "mlflow_model", "custom_model", "mltable", "triton_model"}
 PARAM_TYPES = {"integer", "number", "string", "boolean"}
 # azure-ai-ml asks for a compute target on every node; a local run has none, so these are not problems here.
@@ -45,8 +48,12 @@ def cached_graph(pipeline: Path, sets: dict[str, str], store: Path) -> Graph:
     cache_file = store / "graphs" / f"{graph_cache_key(pipeline, sets, 'run')}.json"
     if cache_file.exists():
         entry = json.loads(cache_file.read_text())
-        if all(Path(p).exists() and file_sha(p) == sha for p, sha in entry["sources"].items()):
-            return Graph.from_json(entry["graph"])
+        graph = Graph.from_json(entry["graph"])
+        unchanged = all(Path(p).exists() and file_sha(p) == sha for p, sha in entry["sources"].items())
+        inputs_exist = all(Path(b["path"]).exists() for node in graph.nodes.values()
+                           for b in node.inputs.values() if "path" in b)
+        if unchanged and inputs_exist:        # else: rebuild, which reports what is missing
+            return graph
     graph, sources = build_graph(pipeline, sets, for_run=True)
     from slmops.io import write_json
 
@@ -273,6 +280,9 @@ class _Builder:
                         bound[name] = _data_binding(binding["value"], spec["type"], base)
                     continue
                 bound[name] = {"value": coerce(spec, binding["value"], field, self.problems)}
+            if "path" in binding and self.for_run and not Path(binding["path"]).exists():
+                self.problems.append(f"{field}: {binding['path']} does not exist. Fix: correct the path (relative "
+                                     "to the YAML that names it) or pass one with --set.")
             if "cloud" in binding and self.for_run and binding["cloud"] not in self.reported_cloud:
                 self.reported_cloud.add(binding["cloud"])
                 source = binding.get("from")
@@ -294,6 +304,14 @@ class _Builder:
                 specs = _input_specs(comp._to_dict())
                 inner_inputs = self.node_inputs(job, specs, where, scope_inputs, jobs, prefix, base)
                 self.scope(comp.jobs, inner_inputs, flat + ".", Path(comp.base_path).resolve(), flat, pipeline_outputs)
+                for out_name, node_output in (job.outputs or {}).items():
+                    target = getattr(getattr(node_output, "_data", None), "path", getattr(node_output, "_data", None))
+                    if isinstance(target, str) and (m := BINDING.match(target.strip())) and m["pout"]:
+                        alias = {"alias": flat, "output": out_name}
+                        if exports_to is None:
+                            pipeline_outputs[m["pout"]] = alias
+                        else:
+                            self.exports[(exports_to, m["pout"])] = alias
                 continue
             if kind not in ("command", "sweep"):
                 self.problems.append(f"{where}: job type '{kind}' is not supported locally. Fix: use command, "
@@ -347,11 +365,28 @@ class _Builder:
             if distribution and distribution.get("type") not in ("pytorch", None):
                 self.problems.append(f"{where}.distribution.type: {distribution.get('type')} is not supported "
                                      "locally. Fix: use `type: pytorch` (or run it on Azure ML).")
+            self.check_command(comp.get("command", ""), specs, inputs, outputs, searched, where)
             self.nodes[flat] = Node(
                 name=flat, kind=kind, command=comp.get("command", ""), code=code,
                 environment=comp.get("environment"), component=comp, input_specs=specs, inputs=inputs,
                 outputs=outputs, distribution=distribution, resources=resources,
-                is_deterministic=bool(comp.get("is_deterministic", True)), sweep=sweep)
+                is_deterministic=bool(comp.get("is_deterministic", True)), sweep=sweep,
+                environment_variables=data.get("environment_variables") or None,
+                timeout=(data.get("limits") or {}).get("timeout") if kind == "command" else None)
+
+    def check_command(self, command: str, specs: dict, inputs: dict, outputs: dict, searched: set[str],
+                      where: str) -> None:
+        """Every `${{inputs.x}}`/`${{outputs.y}}` of the command is declared; outside `$[[ ]]`, x has a value."""
+        for name in sorted(set(INPUT_REF.findall(command)) - set(specs)):
+            self.problems.append(f"{where}.command: uses ${{{{inputs.{name}}}}} but the component has no input "
+                                 f"'{name}'. Fix: declare it under the component's inputs.")
+        for name in sorted(set(OUTPUT_REF.findall(command)) - set(outputs)):
+            self.problems.append(f"{where}.command: uses ${{{{outputs.{name}}}}} but the component has no output "
+                                 f"'{name}'. Fix: declare it under the component's outputs.")
+        required = set(INPUT_REF.findall(OPTIONAL.sub("", command))) & set(specs)
+        for name in sorted(required - set(inputs) - searched):
+            self.problems.append(f"{where}.inputs.{name}: the optional input is not given, but the command uses it "
+                                 "outside $[[ ]]. Fix: give it a value, or wrap its part of the command in $[[ ]].")
 
     def _source(self, entity) -> None:
         src = getattr(entity, "_source_path", None)

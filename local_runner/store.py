@@ -165,6 +165,7 @@ def step_key(node: Node, code_hash: str, input_identity: dict, force_token: str 
         "outputs": node.outputs,
         "distribution": node.distribution,
         "resources": node.resources,
+        "environment_variables": node.environment_variables,
         "sweep": node.sweep,
         "force": force_token,
     }, sort_keys=True, default=str)

@@ -168,7 +168,17 @@ def test_nested_pipeline_component_and_inline_command(runs):
     assert value(runs / "r1" / "inner.second" / "outputs" / "out") == 20.0     # (5) * factor 4
     assert value(runs / "r1" / "after" / "outputs" / "out") == 21.0            # 1 + inner's result
     assert value(runs / "r1" / "inline" / "outputs" / "out") == 7.0
+    assert "inline | hello from the YAML" in result.output                     # environment_variables
     assert "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04" in result.output
+    assert value(runs / "r1" / "outputs" / "nested_result") == 20.0            # pipeline node output -> pipeline
+
+
+def test_limits_timeout_kills_the_step(runs):
+    started = time.monotonic()
+    result = run(runs, "timeout.yaml", "r1")
+    assert result.exit_code == 1
+    assert "step 'slow' failed (killed after its limits.timeout of 1 s)" in result.stderr
+    assert time.monotonic() - started < 30
 
 
 @pytest.mark.parametrize("extra, expected", [

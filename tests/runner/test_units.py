@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from local_runner.cli import parse_sets
 from local_runner.executor import format_value, render_command
 from local_runner.graph import toposort
-from local_runner.load import coerce
+from local_runner.load import _Builder, coerce
 from slmops.cli import main
 from slmops.errors import UserError
 
@@ -85,3 +85,14 @@ def test_help(command):
     result = CliRunner().invoke(main, [command, "--help"])
     assert result.exit_code == 0
     assert "--set" in result.output
+
+
+def test_check_command_flags_undeclared_names_and_bare_optional_inputs():
+    builder = _Builder(for_run=False)
+    specs = {"s": {"type": "string", "optional": True}, "t": {"type": "string", "optional": True},
+             "u": {"type": "integer", "optional": True}}
+    command = "run --s ${{inputs.s}} $[[--t ${{inputs.t}}]] --u ${{inputs.u}} --z ${{inputs.z}} --o ${{outputs.o}}"
+    builder.check_command(command, specs, inputs={"u": {"value": 1}}, outputs={}, searched=set(), where="jobs.n")
+    assert [p.split(":")[0] for p in builder.problems] == ["jobs.n.command", "jobs.n.command", "jobs.n.inputs.s"]
+    assert "no input 'z'" in builder.problems[0] and "no output 'o'" in builder.problems[1]
+    assert "outside $[[ ]]" in builder.problems[2]

@@ -31,6 +31,13 @@ def test_validate_reports_every_problem_at_once():
     assert "Traceback" not in result.stderr
 
 
+def test_validate_checks_command_references():
+    result = invoke("validate", "invalid/command_refs.yaml")
+    assert result.exit_code == 2
+    for name in ("inputs.ghost", "inputs.maybe", "outputs.result"):
+        assert f"jobs.bad_refs.command: uses ${{{{{name}}}}}" in result.stderr
+
+
 @pytest.mark.parametrize("pipeline, words", [
     ("pipe5.yaml", "valid (5 command job(s), 2 file(s) read)"),
     ("nested.yaml", "valid (5 command job(s), 3 file(s) read)"),
