@@ -26,7 +26,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from slmops.errors import UserError
 from slmops.io import write_json
 from slmops.serving import serve as srv
 
@@ -238,7 +237,3 @@ def local_root() -> Path:
     """Where local endpoints live: $SLMOPS_LOCAL_ENDPOINTS or ~/.slmops/endpoints."""
     return Path(os.environ.get("SLMOPS_LOCAL_ENDPOINTS", "~/.slmops/endpoints")).expanduser()
 
-
-def check_slot_name(slot: str) -> None:
-    if slot not in ("blue", "green"):
-        raise UserError(f"slot {slot!r} is not a blue/green slot name; use 'blue' or 'green'")

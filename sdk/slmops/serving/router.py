@@ -48,7 +48,7 @@ class StateFile:
 
 def pick_slot(traffic: dict[str, int], rng: random.Random) -> str | None:
     """A slot drawn with probability traffic[slot]/100; None when the draw falls on unassigned traffic."""
-    draw = rng.uniform(0, 100)
+    draw = rng.random() * 100  # in [0, 100)
     for slot, pct in sorted(traffic.items()):
         if draw < pct:
             return slot
@@ -117,7 +117,7 @@ def make_handler(state: StateFile, rng: random.Random):
                 if slot is None or slot not in st["slots"]:
                     return self.error(503, "no deployment takes this traffic; set the endpoint's traffic")
                 for mirror_slot, pct in st.get("mirror", {}).items():
-                    if mirror_slot in st["slots"] and rng.uniform(0, 100) < pct:
+                    if mirror_slot in st["slots"] and rng.random() * 100 < pct:
                         threading.Thread(target=forward, args=(st["slots"][mirror_slot], "/score", body),
                                          daemon=True).start()
             status, data, ctype = forward(st["slots"][slot], "/score", body)
