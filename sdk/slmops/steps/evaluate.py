@@ -259,10 +259,8 @@ def main(argv=None) -> dict:
         flat = {f"{which}_{k}": v for which in ["base", "finetuned", "delta"] for k, v in result[which].items()}
         tracking.log_metrics({**flat, "overfitting_warning": int(result["overfitting"]["warning"])})
         tracking.log_artifacts(args.metrics, "evaluation")
-    print(f"evaluate: {args.task} on {len(rows)} examples; base {base}; fine-tuned {tuned}"
-          if args.task == "generation" else
-          f"evaluate: accuracy base {base['accuracy']:.3f} -> fine-tuned {tuned['accuracy']:.3f} "
-          f"(macro-F1 {base['macro_f1']:.3f} -> {tuned['macro_f1']:.3f}) on {len(rows)} examples")
+    summary = ", ".join(f"{k} {base[k]:.3f} -> {tuned[k]:.3f}" for k in delta)
+    print(f"evaluate ({args.task}, {len(rows)} examples, base -> fine-tuned): {summary}")
     if result["overfitting"]["warning"]:
         print("WARNING: " + result["overfitting"]["detail"])
     return result
