@@ -156,7 +156,8 @@ def gate_checks(args: argparse.Namespace, metrics: dict, optimize: dict | None) 
         drop = _number(optimize, "accuracy_drop")
         accs = [_number(optimize, runtime, "accuracy") for runtime in ("pytorch", "onnx")]
         torch_acc, onnx_acc = [f"{a:.4f}" if a is not None else "n/a" for a in accs]
-        what = (f"accuracy drop after optimization {drop:.4f} (pytorch {torch_acc}, onnx {onnx_acc}, "
+        metric = optimize.get("accuracy_metric") or "accuracy"  # optimize scores generation with rouge_l
+        what = (f"{metric} drop after optimization {drop:.4f} (pytorch {torch_acc}, onnx {onnx_acc}, "
                 f"{optimize.get('precision')})")
         checks.append(_check("max_optimized_drop", what, drop, "<=", args.max_optimized_drop))
     return checks
