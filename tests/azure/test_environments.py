@@ -18,8 +18,8 @@ from slmops.azure import environments
 ROOT = Path(__file__).parents[2]
 ENV_DIRS = ["cpu", "gpu"]
 # GPU images swap a CPU package for its CUDA build (pyproject extra `cuda`).
-CUDA_SWAPS = {"gpu": {"onnxruntime-genai": "onnxruntime-genai-cuda"}}
-GPU_ONLY = {"bitsandbytes", "deepspeed", "onnxruntime-genai-cuda"}
+CUDA_SWAPS = {"gpu": {"onnxruntime": "onnxruntime-gpu", "onnxruntime-genai": "onnxruntime-genai-cuda"}}
+GPU_ONLY = {"bitsandbytes", "deepspeed", "onnxruntime-gpu", "onnxruntime-genai-cuda"}
 
 
 def pyproject_specs() -> dict[str, list[Requirement]]:
@@ -167,3 +167,11 @@ def test_components_reference_project_environments():
     for path in sorted((ROOT / "components").glob("*/component.yaml")):
         reference = yaml.safe_load(path.read_text())["environment"]
         assert environments.pinned(reference, envs)[1] is not None, f"{path}: {reference}"
+
+
+@pytest.mark.parametrize("env_dir", ENV_DIRS)
+def test_no_cpu_and_cuda_build_of_the_same_module(env_dir):
+    """onnxruntime/onnxruntime-gpu (and the genai pair) install the same module: an image holds one of each."""
+    pins = env_pins(env_dir)
+    for cpu, cuda in CUDA_SWAPS["gpu"].items():
+        assert not (cpu in pins and cuda in pins), (env_dir, cpu, cuda)

@@ -41,9 +41,8 @@ def _connect(ctx, subscription, resource_group, workspace, registry=None):
 
     injected = ctx.obj or {}
     flags = {"subscription_id": subscription, "resource_group": resource_group, "workspace_name": workspace}
-    target = None
-    if registry is None or any(flags.values()):
-        target = resolve_workspace(flags, os.environ, Path.cwd())
+    # A registry is found by name alone (registry discovery); a workspace needs all three pieces.
+    target = None if registry else resolve_workspace(flags, os.environ, Path.cwd())
     credential = injected.get("credential") or default_credential()
     return ml_client(credential, target, registry_name=registry, **injected.get("client_kwargs", {}))
 
