@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from tests.azure.fake_service import SECRET_MARK
 
 
@@ -110,19 +112,23 @@ def test_logs_of_a_finished_run_prints_every_steps_log_files(invoke):
     assert SECRET_MARK not in result.output  # the SAS signature of the log URLs
 
 
-def test_download_resolves_the_named_output(invoke, monkeypatch, tmp_path):
+@pytest.mark.parametrize("output", [["--output", "registration"], []], ids=["one-output", "all"])
+def test_download_resolves_the_named_output(invoke, monkeypatch, tmp_path, output):
     import azure.ai.ml.operations._job_operations as job_operations
 
     fetched = []
     monkeypatch.setattr(job_operations, "download_artifact_from_aml_uri", lambda **kw: fetched.append(kw))
-    result, calls = invoke("download", "run1", "--output", "registration", "--to", str(tmp_path))
+    result, calls = invoke("download", "run1", *output, "--to", str(tmp_path))
     assert result.exit_code == 0, result.output
     (rundata,) = [c for c in calls if c.path == "/history/v1.0/rundata"]
     assert rundata.method == "POST" and rundata.body["runId"] == "run1"
-    assert [(f["uri"], f["destination"]) for f in fetched] == [
-        ("azureml://datastores/workspaceblobstore/paths/azureml/run1/registration/",
-         tmp_path / "named-outputs" / "registration")]
-    assert str(tmp_path / "named-outputs" / "registration") in result.output
+    expected = [("azureml://datastores/workspaceblobstore/paths/azureml/run1/registration/",
+                 tmp_path / "named-outputs" / "registration")]
+    if not output:  # all outputs, plus the run's logs from its artifact store
+        expected.append(("azureml://datastores/workspaceartifactstore/paths/ExperimentRun/dcid.run1/",
+                         tmp_path / "artifacts"))
+    assert sorted((f["uri"], f["destination"]) for f in fetched) == sorted(expected)
+    assert str(tmp_path / "named-outputs" / "registration" if output else tmp_path) in result.output
 
 
 def test_cancel_posts_cancel(invoke):

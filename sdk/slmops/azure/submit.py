@@ -1,6 +1,6 @@
 """Submit a pipeline YAML to Azure ML, show what would be sent, and follow the run.
 
-    job = load_pipeline(Path("pipelines/finetune.yaml"), {"max_steps": "200"}, ["gpu=nc24"], None, cwd)
+    job = load_pipeline(Path("pipelines/finetune.yaml"), {"max_steps": "200"}, ["finetune=nc24"], None, cwd)
     envs = pin_environments(job, load_environments(root / "environments"))
     print(json.dumps(dry_run_payload(job, envs)))        # offline: no credential, no network
     created = submit(ml_client, job, envs)                # ensures environments, then jobs.create_or_update
