@@ -128,6 +128,12 @@ class LocalEndpoint:
             state = self._read()
             if srv.is_ready(f"http://127.0.0.1:{state['port']}"):
                 return
+            # The router is down (e.g. after a reboot): forget slots whose servers are gone too.
+            for slot, slot_state in list(state["slots"].items()):
+                if not srv.is_ready(f"http://127.0.0.1:{slot_state['port']}"):
+                    del state["slots"][slot]
+                    state["traffic"].pop(slot, None)
+                    state["mirror"].pop(slot, None)
         else:
             state = {"name": self.name, "port": srv.free_port(), "key": srv.new_key(), "slots": {},
                      "traffic": {}, "mirror": {}}

@@ -123,6 +123,8 @@ def run_foreground(model_dir: Path, port: int, key: str, threads: int, max_body_
 
 def resolve_model(ref: str, tracking_uri: str | None, cache_dir: Path) -> Path:
     """A model folder for a folder path or a registry reference (models:/NAME@ALIAS, models:/NAME/VERSION)."""
+    if Path(ref).expanduser().is_dir():
+        return check_model_dir(Path(ref))  # no registry (nor mlflow import) needed
     from slmops import registry
 
     return check_model_dir(registry.resolve(ref, tracking_uri=tracking_uri, cache_dir=cache_dir))
