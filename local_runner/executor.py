@@ -177,6 +177,7 @@ class Executor:
     # ------------------------------------------------------------------------------------------------ the loop
     def execute(self) -> int:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        previous_uri = os.environ.get("MLFLOW_TRACKING_URI")
         os.environ["MLFLOW_TRACKING_URI"] = self.tracker.uri          # read by the sweep's metric reader
         self.parent_run = self.tracker.start_run(
             self.graph.name, tags={"slmops.kind": "pipeline", "slmops.pipeline": self.pipeline_file,
@@ -219,6 +220,10 @@ class Executor:
                 self._set(name, "killed")
             raise
         finally:
+            if previous_uri is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = previous_uri
             for name in self.order:
                 if self.state[name] == "pending":
                     self._set(name, "skipped")
@@ -399,6 +404,7 @@ class SweepHandle:
         self.error = ""
         self.trials: list[Trial] = []
         self.finished = threading.Event()
+        self.stop = threading.Event()
         spec = dict(node.sweep, name=node.name, trial=node.component, inputs=dict(values),
                     outputs=dict(node.outputs))
         self.thread = threading.Thread(target=self._run, args=(spec,), daemon=True)
@@ -408,7 +414,8 @@ class SweepHandle:
         from local_runner.sweep import run_sweep
 
         try:
-            self.result = run_sweep(spec, self.start_trial, lambda msg: self.ex.display.line(self.node.name, msg))
+            self.result = run_sweep(spec, self.start_trial, lambda msg: self.ex.display.line(self.node.name, msg),
+                                    stop=self.stop)
         except UserError as exc:
             self.error = str(exc)
         except Exception as exc:       # a bug in a trial launcher or the sweep: report it as the step's failure
@@ -457,8 +464,10 @@ class SweepHandle:
         return 0 if self.result is not None else 1
 
     def kill(self) -> None:
-        for trial in self.trials:
+        self.stop.set()
+        for trial in list(self.trials):
             trial.kill()
+        self.finished.wait(timeout=30)
 
     def adopt_best(self, outputs: dict[str, Path]) -> int:
         """Make the best trial's outputs the node's outputs; record every trial. Returns 0."""

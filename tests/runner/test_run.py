@@ -239,22 +239,24 @@ def test_a_pipeline_in_the_azureml_examples_layout_runs_unmodified(runs):
     assert listing == "hello\nsample.csv: 3 lines\n"
 
 
-def test_sweep_node_takes_the_best_trials_outputs(runs):
+def test_sweep_trials_are_child_runs_of_the_sweep_step_and_no_metric_fails_it(runs):
+    """The success path (best trial adopted, reuse) is tested end to end in test_sweep.py; here: every trial is an
+    MLflow child run of the sweep step's run, with the sampled value as a param, and a sweep whose trials never
+    log the primary metric fails that step with the sweep's message."""
     from mlflow import MlflowClient
 
-    result = run(runs, "sweep.yaml", "r1")
-    assert result.exit_code == 0, result.output
-    assert value(runs / "r1" / "tune" / "outputs" / "out") == 10.0             # value 5 * scale 2
-    report = json.loads((runs / "r1" / "tune" / "sweep.json").read_text())
-    assert report["best_params"] == {"value": 5} and report["best_metric"] == 10.0
-    assert len(report["trials"]) == 3
+    result = run(runs, "sweep_nometric.yaml", "r1")
+    assert result.exit_code == 1
+    assert "step 'tune' failed (sweep: no completed trial logged the primary metric 'total'" in result.stderr
     client = MlflowClient(f"sqlite:///{runs / '.slmops' / 'mlflow.db'}")
     sweep_run = step(runs, "r1", "tune")["mlflow_run_id"]
+    assert client.get_run(sweep_run).info.status == "FAILED"
     trials = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
                                 f"tags.mlflow.parentRunId = '{sweep_run}'")
-    assert sorted(t.data.metrics["total"] for t in trials) == [2.0, 6.0, 10.0]
-    assert run(runs, "sweep.yaml", "r2").exit_code == 0
-    assert states(runs, "r2") == {"tune": "reused"}
+    assert sorted((t.data.params["value"], t.info.status) for t in trials) == [
+        ("1", "FINISHED"), ("3", "FINISHED"), ("5", "FINISHED")]
+    assert all(t.data.tags["slmops.kind"] == "trial" for t in trials)
+    assert (runs / "r1" / "tune" / "trials" / "2" / "user_logs" / "std_log.txt").exists()
 
 
 def test_cached_rerun_of_five_steps_takes_under_3s(runs):
