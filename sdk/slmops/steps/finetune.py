@@ -158,9 +158,11 @@ def load_model(args, base_ref: str, precision: str):
 
         quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                           bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype)
+    # A 4-bit base is placed at load time: on this process's GPU under torchrun (on CPU it stays on the CPU).
+    device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))} if quantization and torch.cuda.is_available() else None
     torch.manual_seed(args.seed)
     model = load_causal_lm(base_ref, dtype=torch.float32 if quantization is None else compute_dtype,
-                           quantization_config=quantization)
+                           quantization_config=quantization, device_map=device_map)
     model.config.use_cache = False  # no KV cache in training: packed examples must not attend to each other
     if args.method == "qlora":
         from peft import prepare_model_for_kbit_training
