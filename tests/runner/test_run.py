@@ -53,6 +53,15 @@ def test_second_run_reuses_everything_and_one_changed_parameter_reruns_its_depen
     assert value(runs / "r3" / "outputs" / "final") == 200.0
 
 
+@pytest.mark.parametrize("parallel, b_starts_before_a_ends", [("1", False), ("2", True)])
+def test_max_parallel_bounds_the_steps_running_at_once(runs, parallel, b_starts_before_a_ends):
+    result = run(runs, "pipe5.yaml", "r1", "--max-parallel", parallel)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert (lines.index("[b] running") < lines.index(next(l for l in lines if l.startswith("[a] done")))) \
+        == b_starts_before_a_ends
+
+
 def test_mlflow_parent_and_child_runs(runs):
     from mlflow import MlflowClient
 
