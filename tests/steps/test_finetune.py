@@ -108,6 +108,16 @@ def test_method_writes_declared_outputs(method, extra, adapter_file, prepared_da
         assert Path(adapter_config["base_model_name_or_path"]).is_absolute()
 
 
+def test_early_stopping_on_eval_loss(prepared_data, tiny_model, tmp_path):
+    """A learning rate too small to move the eval loss: no improvement after the first evaluation, so training
+    stops after `patience` more evaluations instead of running to max_steps."""
+    summary = run_step(prepared_data, tiny_model, tmp_path, "--max_steps", "40", "--batch_size", "4",
+                       "--eval_steps", "2", "--save_steps", "2", "--early_stopping_patience", "1",
+                       "--learning_rate", "1e-12", "--lr_scheduler", "constant", "--warmup_ratio", "0")
+    assert summary["global_step"] == 4
+    assert summary["best_eval_loss"] == pytest.approx(summary["final_eval_loss"])
+
+
 # --- the batches the trainer builds (golden) -------------------------------------------------------------------
 
 def make_trainer(prepared_data, tiny_model, tmp_path, *extra):
