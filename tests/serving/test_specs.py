@@ -1,0 +1,50 @@
+"""The managed online endpoint and deployment specs load with azure-ai-ml and say what docs/serving.md says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from slmops.serving.backends import SPECS
+
+
+def test_endpoint_spec_loads_with_key_auth():
+    from azure.ai.ml import load_online_endpoint
+
+    endpoint = load_online_endpoint(SPECS / "endpoint.yml", params_override=[{"name": "tone-ep"}])
+    assert (endpoint.name, endpoint.auth_mode) == ("tone-ep", "key")
+
+
+@pytest.mark.parametrize("field, value", [
+    ("instance_type", "Standard_DS3_v2"),
+    ("instance_count", 1),
+    ("request_settings.request_timeout_ms", 90000),
+    ("request_settings.max_concurrent_requests_per_instance", 4),
+    ("liveness_probe.failure_threshold", 30),
+    ("readiness_probe.period", 10),
+    ("scale_settings.type", "default"),
+    ("code_configuration.scoring_script", "slmops/serving/score.py"),
+    ("environment", "slmops-cpu@latest"),  # azure-ai-ml strips the azureml: prefix when loading
+    ("environment_variables.SLMOPS_MAX_NEW_TOKENS", "512"),
+])
+def test_deployment_spec_loads(field, value):
+    from azure.ai.ml import load_online_deployment
+
+    d = load_online_deployment(SPECS / "deployment.yml", params_override=[{"name": "green"},
+                                                                            {"model": "azureml:tone:3"}])
+    assert (d.name, d.model) == ("green", "tone:3")
+    got = d
+    for part in field.split("."):
+        got = got[part] if isinstance(got, dict) else getattr(got, part)
+    assert got == value
+
+
+def test_deployment_code_folder_holds_the_scoring_script():
+    """`code:` is relative to the spec and must be the sdk folder, so score.py can import slmops."""
+    import yaml
+
+    spec = yaml.safe_load((SPECS / "deployment.yml").read_text())
+    code = (SPECS / spec["code_configuration"]["code"]).resolve()
+    assert (code / spec["code_configuration"]["scoring_script"]).is_file()
+    assert (code / "slmops" / "__init__.py").is_file() and code == Path(__file__).resolve().parents[2] / "sdk"
