@@ -106,6 +106,9 @@ def promote(model, endpoint, mirror, steps, dry_run, local, smoke_request, probe
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if local and not dry_run and not tracking_uri:
         problems.append("no model registry: pass --tracking-uri or set MLFLOW_TRACKING_URI")
+    if local and (deployment_spec or endpoint_spec or subscription or resource_group or workspace):
+        problems.append("--deployment-spec, --endpoint-spec, --subscription, --resource-group and --workspace "
+                        "apply to Azure ML only; drop them or drop --local")
     if not re.match(r"^[\w-]+$", alias):
         problems.append(f"--alias {alias!r}: letters, digits, '_' or '-' only")
     if problems:
