@@ -26,6 +26,7 @@ QUICKSTART_SETS = {
     "max_steps": "120",
     "batch_size": "16",
     "learning_rate": "0.002",
+    "lr_scheduler": "constant",
     "lora_r": "16",
     "eval_steps": "40",
     "save_steps": "40",
