@@ -30,7 +30,7 @@ from pathlib import Path
 from local_runner.display import Display
 from local_runner.graph import Graph, Node, toposort
 from local_runner.load import INPUT_REF, OPTIONAL, OUTPUT_REF
-from local_runner.store import Store, step_key
+from local_runner.store import Store, key_parts, step_key
 from local_runner.trial import Trial
 from slmops.errors import UserError
 from slmops.io import write_json
@@ -268,7 +268,8 @@ class Executor:
     def _start(self, node: Node) -> None:
         values, identity = self._resolve_inputs(node)
         code_hash = self._code_hash(node.code)
-        key = step_key(node, code_hash, identity)
+        parts = key_parts(node, code_hash, identity)
+        key = step_key(parts)
         if any(active.key == key for active in self.running.values()):
             return           # an identical step is running in this pipeline: reuse it once it finished
         node_dir = self.run_dir / node.name
@@ -290,7 +291,7 @@ class Executor:
             log_path.write_text(f"[slmops] reused the outputs of step key {key} (MLflow run "
                                 f"{finished.get('run_id')}); its log follows.\n"
                                 + (cached_log.read_text(errors="replace") if cached_log.exists() else ""))
-            self._record(node, key, run_id, "reused", values)
+            self._record(node, key, run_id, "reused", values, parts=parts)
             self._set(node.name, "reused")
             return
 
@@ -315,7 +316,7 @@ class Executor:
             handle = StepProcess(node.name, command, cwd, env, log_path, self.display, processes,
                                  distributed=dist.get("type") == "pytorch", lock_fd=lock_fd)
         self.running[node.name] = Active(node, key, run_id, handle, outputs, lock_fd)
-        self._record(node, key, run_id, "running", values)
+        self._record(node, key, run_id, "running", values, parts=parts)
         self._set(node.name, "running")
 
     def _env(self, run_id: str, extra: dict | None = None) -> dict:
@@ -361,13 +362,14 @@ class Executor:
         self._record(node, active.key, active.run_id, "done", None)
         self._set(name, "done")
 
-    def _record(self, node: Node, key: str, run_id: str, status: str, values: dict | None, reason: str = "") -> None:
+    def _record(self, node: Node, key: str, run_id: str, status: str, values: dict | None, reason: str = "",
+                parts: dict | None = None) -> None:
         """`<run>/<node>/step.json` and `<run>/<node>/outputs/<name>` links to the cached outputs."""
         node_dir = self.run_dir / node.name
         step_file = node_dir / "step.json"
         record = json.loads(step_file.read_text()) if values is None and step_file.exists() else {}
         if values is not None:
-            record = {"node": node.name, "cache_key": key, "mlflow_run_id": run_id,
+            record = {"node": node.name, "cache_key": key, "key_parts": parts, "mlflow_run_id": run_id,
                       "inputs": {k: format_value(v) for k, v in values.items()},
                       "environment": node.environment, "code": node.code}
         record.update(status=status, reason=reason)

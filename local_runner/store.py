@@ -154,19 +154,25 @@ class Store:
         return {name: self.step_dir(key) / "done" / name for name in names}
 
 
-def step_key(node: Node, code_hash: str, input_identity: dict, force_token: str = "") -> str:
-    """The reuse key: component spec, code content, environment definition, inputs, output and run settings."""
+def key_parts(node: Node, code_hash: str, input_identity: dict) -> dict:
+    """What a step's reuse key is made of, each part hashed (kept in step.json: diff two to see why a step re-ran).
+
+    Azure ML's rule: component spec, code snapshot content, environment definition, inputs (values and content),
+    output settings and run settings.
+    """
+    def digest(obj) -> str:
+        return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
     component = {k: v for k, v in node.component.items() if k != "code"}   # the code folder counts by content
-    blob = json.dumps({
-        "component": component,
-        "code": code_hash,
-        "environment": node.environment,
-        "inputs": input_identity,
-        "outputs": node.outputs,
-        "distribution": node.distribution,
-        "resources": node.resources,
-        "environment_variables": node.environment_variables,
-        "sweep": node.sweep,
-        "force": force_token,
-    }, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+    return {
+        "component": digest(component),
+        "code": code_hash[:16],
+        "environment": digest(node.environment),
+        "inputs": {name: digest(identity) for name, identity in sorted(input_identity.items())},
+        "outputs": digest(node.outputs),
+        "run_settings": digest([node.distribution, node.resources, node.environment_variables, node.sweep]),
+    }
+
+
+def step_key(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]

@@ -231,10 +231,14 @@ def test_edits_to_code_and_component_files_are_seen(runs, tmp_path):
     pipeline.write_text(pipeline.read_text().replace("  y: 3\n", "  y: 4\n"))
     assert run(runs, pipeline, "r2").exit_code == 0
     assert states(runs, "r2") == {"a": "reused", "b": "done", "c": "done", "d": "done", "e": "done"}
+    parts = step(runs, "r2", "b")["key_parts"]
+    assert parts["inputs"]["value"] != step(runs, "r1", "b")["key_parts"]["inputs"]["value"]
     with open(work / "src" / "step.py", "a") as fh:
         fh.write("# an edit to the code snapshot\n")
     assert run(runs, pipeline, "r3").exit_code == 0
     assert set(states(runs, "r3").values()) == {"done"}
+    changed = {k for k, v in step(runs, "r3", "b")["key_parts"].items() if v != parts[k]}
+    assert changed == {"code"}                     # step.json says why the step re-ran
     component = work / "components" / "add.yaml"
     component.write_text(component.read_text().replace("max: 1000", "max: 999"))
     assert run(runs, pipeline, "r4").exit_code == 0
