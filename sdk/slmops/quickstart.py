@@ -72,7 +72,7 @@ def print_summary(s: dict, seconds: float, run_dir: Path) -> None:
     rows = s["data"].get("rows", {})
     table.add_row("data rows (train / validation)", f"{rows.get('train', '?')} / {rows.get('validation', '?')}")
     if train:
-        table.add_row("fine-tune", f"{train.get('method')} · {train.get('steps', '?')} steps · "
+        table.add_row("fine-tune", f"{train.get('method')} · {train.get('global_step', '?')} steps · "
                       f"{train.get('tokens_per_s', 0):,.0f} real tokens/s")
     if ev:
         b, f = ev.get("base", {}), ev.get("finetuned", {})

@@ -190,13 +190,14 @@ def test_limits_timeout_kills_the_step(runs):
     assert time.monotonic() - started < 30
 
 
-@pytest.mark.parametrize("extra, expected", [
-    ((), {"fixed": "reused", "random": "done"}),                   # is_deterministic: false always runs
-    (("--force-rerun",), {"fixed": "done", "random": "done"}),
+@pytest.mark.parametrize("pipeline, extra, expected", [
+    ("nondet.yaml", (), {"fixed": "reused", "random": "done"}),    # is_deterministic: false always runs
+    ("nondet.yaml", ("--force-rerun",), {"fixed": "done", "random": "done"}),
+    ("forced.yaml", (), {"fixed": "done", "random": "done"}),      # settings: force_rerun: true
 ])
-def test_reuse_is_disabled_by_nondeterminism_and_force_rerun(runs, extra, expected):
-    assert run(runs, "nondet.yaml", "r1").exit_code == 0
-    assert run(runs, "nondet.yaml", "r2", *extra).exit_code == 0
+def test_reuse_is_disabled_by_nondeterminism_and_force_rerun(runs, pipeline, extra, expected):
+    assert run(runs, pipeline, "r1").exit_code == 0
+    assert run(runs, pipeline, "r2", *extra).exit_code == 0
     assert states(runs, "r2") == expected
 
 
