@@ -389,9 +389,13 @@ class _Builder:
                                  "outside $[[ ]]. Fix: give it a value, or wrap its part of the command in $[[ ]].")
 
     def _source(self, entity) -> None:
+        """Remember the files an entity was read from: its YAML, and an inline environment's conda file."""
         src = getattr(entity, "_source_path", None)
         if src and Path(src).is_file():
             self.sources.add(str(Path(src).resolve()))
+        conda = getattr(getattr(entity, "environment", None), "_conda_file_path", None)
+        if conda and Path(conda).is_file():
+            self.sources.add(str(Path(conda).resolve()))
 
     def resolve_aliases(self, pipeline_outputs: dict) -> None:
         def follow(binding):

@@ -314,3 +314,21 @@ def test_live_display_renders_states_and_lines():
     display.close()
     assert [c._cells for c in table.columns][:2] == [["a", "b"], ["[bold green]done[/]", "[bold red]failed[/]"]]
     assert "a | hello" in display.console.file.getvalue()
+
+
+def test_an_edit_to_an_environments_conda_file_reruns_the_step(runs, tmp_path):
+    work = tmp_path / "envwork"
+    shutil.copytree(ASSETS / "src", work / "src")
+    (work / "conda.yaml").write_text("name: step\ndependencies:\n  - python=3.11\n")
+    (work / "pipeline.yaml").write_text(
+        "type: pipeline\nexperiment_name: runner-tests\njobs:\n  a:\n    type: command\n    code: src\n"
+        "    command: python step.py --out ${{outputs.out}} --value 1\n"
+        "    environment:\n      image: python\n      conda_file: ./conda.yaml\n"
+        "    outputs:\n      out:\n        type: uri_folder\n")
+    assert run(runs, work / "pipeline.yaml", "r1").exit_code == 0
+    assert run(runs, work / "pipeline.yaml", "r2").exit_code == 0
+    assert states(runs, "r2") == {"a": "reused"}
+    (work / "conda.yaml").write_text("name: step\ndependencies:\n  - python=3.12\n")
+    assert run(runs, work / "pipeline.yaml", "r3").exit_code == 0
+    assert states(runs, "r3") == {"a": "done"}
+    assert step(runs, "r3", "a")["environment"]["conda_file"]["dependencies"] == ["python=3.12"]
