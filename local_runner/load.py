@@ -75,7 +75,7 @@ def _load_job(pipeline: Path, tmp: Path):
     from azure.ai.ml import load_job
 
     problems: list[str] = []
-    overrides = _missing_code_overrides(pipeline, tmp, problems)
+    overrides = _prescan(pipeline, tmp, problems)
     try:
         with warnings.catch_warnings():                    # marshmallow deprecation noise from inside azure-ai-ml
             warnings.simplefilter("ignore")
@@ -84,8 +84,10 @@ def _load_job(pipeline: Path, tmp: Path):
         return None, problems + _azure_problems(str(exc))
 
 
-def _missing_code_overrides(pipeline: Path, tmp: Path, problems: list[str]) -> list[dict]:
-    """Find top-level jobs whose component's `code:` folder does not exist (a reference walk of the YAML)."""
+def _prescan(pipeline: Path, tmp: Path, problems: list[str]) -> list[dict]:
+    """What azure-ai-ml's loader stops at or silently drops, for top-level jobs (a walk of the YAML's names):
+    a component whose `code:` folder does not exist (returns params_override entries with a stand-in folder),
+    and job inputs the component does not declare (azure-ai-ml drops a misspelled input without a word)."""
     import yaml
 
     try:
@@ -93,7 +95,7 @@ def _missing_code_overrides(pipeline: Path, tmp: Path, problems: list[str]) -> l
     except yaml.YAMLError:
         return []                                          # azure-ai-ml reports the syntax error
     overrides = []
-    for name, job in (raw.get("jobs") or {}).items() if isinstance(raw, dict) else []:
+    for job_name, job in (raw.get("jobs") or {}).items() if isinstance(raw, dict) else []:
         if not isinstance(job, dict):
             continue
         key = "trial" if job.get("type") == "sweep" else "component"
@@ -104,16 +106,22 @@ def _missing_code_overrides(pipeline: Path, tmp: Path, problems: list[str]) -> l
                 ref = yaml.safe_load(source.read_text())
             except yaml.YAMLError:
                 continue
-        if not isinstance(ref, dict) or not isinstance(ref.get("code"), str):
+        if not isinstance(ref, dict):
             continue
-        code = ref["code"]
-        if code.startswith(("azureml:", "git+")) or "://" in code or (source.parent / code).is_dir():
+        declared = ref.get("inputs") if isinstance(ref.get("inputs"), dict) else {}
+        given = job.get("inputs") if isinstance(job.get("inputs"), dict) else {}
+        for name in sorted(set(given) - set(declared)):
+            problems.append(f"jobs.{job_name}.inputs.{name}: the component has no input '{name}' (inputs: "
+                            f"{', '.join(sorted(declared)) or 'none'}). Fix: correct the name.")
+        code = ref.get("code")
+        if not isinstance(code, str) or code.startswith(("azureml:", "git+")) or "://" in code \
+                or (source.parent / code).is_dir():
             continue
-        problems.append(f"jobs.{name}.{key}.code: folder {(source.parent / code).resolve()} does not exist. "
+        problems.append(f"jobs.{job_name}.{key}.code: folder {(source.parent / code).resolve()} does not exist. "
                         f"Fix: correct `code:` in {source} (it is relative to that file).")
-        stand_in = tmp / f"missing-code-{name}"
+        stand_in = tmp / f"missing-code-{job_name}"
         stand_in.mkdir(parents=True, exist_ok=True)
-        overrides.append({f"jobs.{name}.{key}": dict(ref, code=str(stand_in))})
+        overrides.append({f"jobs.{job_name}.{key}": dict(ref, code=str(stand_in))})
     return overrides
 
 
