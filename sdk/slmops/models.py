@@ -1,6 +1,7 @@
 """Where models come from and how they are loaded: a local Hugging Face folder, an MLflow model folder
 (`mlflow.transformers` layout), or a Hugging Face hub id (uses the local HF cache, or the network when the
-user has one; tests and the quickstart only ever pass local folders).
+user has one; the quickstart passes local folders, and tests/test_hub_ids.py resolves hub ids from a
+temporary HF cache offline; an id found neither there nor on the hub is a UserError).
 
 Every step loads its models through these functions, so the same inputs work for every step.
 """
@@ -60,6 +61,26 @@ def resolve(path_or_id: str | os.PathLike) -> ModelSource:
     return ModelSource(ref, ref, False)
 
 
+def _from_pretrained(cls, ref: str, *, local: bool, what: str, **kwargs):
+    """`cls.from_pretrained(ref)`. For a hub id, the OSError transformers raises when the id is neither in the
+    local HF cache nor reachable on the hub becomes a UserError (exit 2) that says how to fix it."""
+    if local:
+        return cls.from_pretrained(ref, **kwargs)
+    try:
+        return cls.from_pretrained(ref, **kwargs)
+    except OSError as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+        where = ("only the local Hugging Face cache was searched because HF_HUB_OFFLINE is set"
+                 if offline else "looked in the local Hugging Face cache and on the hub")
+        raise UserError(
+            f"could not load the {what} of hub model {ref!r} ({where}): {reason} -- check the id is spelled "
+            "'org/name' exactly as on huggingface.co; for a gated or private model log in (`hf auth login` or "
+            "HF_TOKEN) and check the network (or unset HF_HUB_OFFLINE, or pre-fill the cache, HF_HUB_CACHE); "
+            "or pass a local model folder instead"
+        ) from exc
+
+
 def load_tokenizer(path_or_id: str | os.PathLike):
     """Load the tokenizer; pad token falls back to eos. Tiny models use PreTrainedTokenizerFast directly
     (AutoTokenizer would pick e.g. Qwen2Tokenizer for a Qwen2 config, which splits digits differently)."""
@@ -69,7 +90,7 @@ def load_tokenizer(path_or_id: str | os.PathLike):
     if src.is_tiny:
         tok = PreTrainedTokenizerFast.from_pretrained(src.tokenizer)
     else:
-        tok = AutoTokenizer.from_pretrained(src.tokenizer)
+        tok = _from_pretrained(AutoTokenizer, src.tokenizer, local=src.is_local, what="tokenizer")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -88,7 +109,7 @@ def load_causal_lm(path_or_id: str | os.PathLike, *, dtype=None, quantization_co
         kwargs["quantization_config"] = quantization_config
     if device_map is not None:
         kwargs["device_map"] = device_map
-    model = AutoModelForCausalLM.from_pretrained(src.weights, **kwargs)
+    model = _from_pretrained(AutoModelForCausalLM, src.weights, local=src.is_local, what="weights", **kwargs)
     if src.adapter:
         from peft import PeftModel
 
