@@ -163,6 +163,7 @@ class Executor:
         self.tracker = tracker
         self.display = display
         self.max_parallel = max(1, int(max_parallel))
+        self.sharing = 1            # how many steps share the cores at the moment a step starts
         self.force_rerun = force_rerun or graph.force_rerun
         self.pipeline_file = pipeline_file
         self.order = toposort({name: node.upstream() for name, node in graph.nodes.items()})
@@ -199,11 +200,13 @@ class Executor:
                         del self.running[name]
                         self._finish(name, active, code)
                 if not self.failed:
-                    for name in self.order:
+                    ready = [n for n in self.order if self.state[n] == "pending" and self._ready(n)]
+                    # Steps about to share this machine's cores (see _env).
+                    self.sharing = max(1, min(self.max_parallel, len(self.running) + len(ready)))
+                    for name in ready:
                         if len(self.running) >= self.max_parallel:
                             break
-                        if self.state[name] == "pending" and self._ready(name):
-                            self._start(self.graph.nodes[name])
+                        self._start(self.graph.nodes[name])
                 if not self.running:
                     break
                 time.sleep(POLL_SECONDS)
@@ -326,6 +329,10 @@ class Executor:
                    MLFLOW_EXPERIMENT_ID=str(self.tracker.experiment_id), AZUREML_RUN_ID=run_id,
                    AZUREML_ROOT_RUN_ID=self.parent_run, PYTHONUNBUFFERED="1")
         env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        # On Azure ML each step has its node's cores to itself; here up to max_parallel steps share this machine's,
+        # and two steps each spinning all-core thread pools slow each other several-fold. Share them out unless
+        # the user (or the job's environment_variables) chose.
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.sharing)))
         return env
 
     def _finish(self, name: str, active: Active, code: int) -> None:

@@ -332,3 +332,26 @@ def test_an_edit_to_an_environments_conda_file_reruns_the_step(runs, tmp_path):
     assert run(runs, work / "pipeline.yaml", "r3").exit_code == 0
     assert states(runs, "r3") == {"a": "done"}
     assert step(runs, "r3", "a")["environment"]["conda_file"]["dependencies"] == ["python=3.12"]
+
+
+def test_steps_running_together_share_the_cores_unless_the_user_set_omp_num_threads(runs, monkeypatch):
+    """On Azure ML each step has its node to itself; locally, steps started together split os.cpu_count()."""
+    import os
+
+    from click.testing import CliRunner
+
+    from slmops.cli import main
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.chdir(ASSETS)
+
+    def threads(run_name: str, env: dict, *extra: str) -> dict:
+        base = {"MLFLOW_TRACKING_URI": None, "MLFLOW_RUN_ID": None, "MLFLOW_DISABLE_TELEMETRY": "true"}
+        result = CliRunner(env={**base, **env}).invoke(
+            main, ["run", "threads.yaml", "--run-dir", str(runs / run_name), "--max-parallel", "2", *extra],
+            catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return {n: (runs / run_name / n / "outputs" / "out" / "threads.txt").read_text().split()[1] for n in "abc"}
+
+    assert threads("r1", {"OMP_NUM_THREADS": None}) == {"a": "4", "b": "4", "c": "8"}
+    assert threads("r2", {"OMP_NUM_THREADS": "3"}, "--force-rerun") == {"a": "3", "b": "3", "c": "3"}
