@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import shlex
 import signal
 import socket
 import subprocess
@@ -75,6 +76,33 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+SHELL_SYNTAX = {"&&", "||", "|", ";", "&", ">", ">>", "<", "2>", "2>&1"}
+
+
+def torchrun_argv(command: str, processes: int, port: int) -> list[str] | None:
+    """`python -m pkg ARGS` / `python script.py ARGS` as a torchrun launch of `processes` workers on this node.
+
+    torchrun gives each worker RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR and
+    MASTER_PORT — the variables Azure ML's launcher sets — and ends the others when one fails. A command that
+    needs a shell (pipes, `&&`, redirections, variables) returns None: the caller starts the copies itself.
+    """
+    try:
+        tokens = shlex.split(command)
+    except ValueError:
+        return None
+    if len(tokens) < 2 or not re.fullmatch(r"python(3(\.\d+)?)?", os.path.basename(tokens[0])):
+        return None
+    if any(t in SHELL_SYNTAX or "$" in t or "`" in t for t in tokens):
+        return None
+    target = tokens[1:]
+    if target[0] == "-m" and len(target) >= 2:
+        target = ["-m", *target[1:]]
+    elif target[0].startswith("-"):
+        return None
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(processes),
+            "--master-addr", "127.0.0.1", "--master-port", str(port), *target]
+
+
 class StepProcess:
     """The process(es) of one step: output streamed to the display with a prefix and appended to the log."""
 
@@ -88,16 +116,19 @@ class StepProcess:
         self.threads: list[threading.Thread] = []
         self.code: int | None = None
         port = _free_port() if distributed else None
-        for rank in range(processes):
+        argv = torchrun_argv(command, processes, port) if distributed else None
+        for rank in range(1 if argv else processes):
             proc_env = dict(env)
-            if distributed:
+            if argv:                 # torchrun sets RANK/LOCAL_RANK/WORLD_SIZE/... for each worker itself
+                proc_env.update(NODE_RANK="0")
+            elif distributed:        # not a plain `python ...` command: start the copies ourselves, like Azure ML
                 proc_env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(processes),
                                 LOCAL_WORLD_SIZE=str(processes), NODE_RANK="0", GROUP_RANK="0",
                                 MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-            proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=proc_env, stdout=subprocess.PIPE,
+            proc = subprocess.Popen(argv or ["bash", "-c", command], cwd=cwd, env=proc_env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                     pass_fds=() if lock_fd is None else (lock_fd,))
-            name = f"{prefix}[{rank}]" if processes > 1 else prefix
+            name = f"{prefix}[{rank}]" if processes > 1 and not argv else prefix
             thread = threading.Thread(target=self._pump, args=(proc, name), daemon=True)
             thread.start()
             self.procs.append(proc)

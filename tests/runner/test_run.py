@@ -168,6 +168,35 @@ def test_distribution_pytorch_starts_one_process_per_rank(runs):
         assert f"RANK={rank} WORLD_SIZE=2 LOCAL_RANK={rank} LOCAL_WORLD_SIZE=2 NODE_RANK=0 MASTER_ADDR=127.0.0.1" in line
     # torch.distributed (gloo) rendezvous through those variables: all_reduce of rank+1 over 2 ranks = 3.
     assert (runs / "r1" / "allreduce" / "outputs" / "out" / "sum.txt").read_text() == "3.0 2"
+    # `python ...` commands go through torchrun (its workers carry TORCHELASTIC_* variables); a command that needs a
+    # shell gets its copies started by the runner, each prefixed with its rank, with the same variables.
+    assert all("TORCHELASTIC_RUN_ID" in line for line in lines)
+    shell = sorted(p.read_text() for p in (runs / "r1" / "shell_ranks" / "outputs" / "ranks").iterdir())
+    for rank, line in enumerate(shell):
+        assert f"RANK={rank} WORLD_SIZE=2 LOCAL_RANK={rank} LOCAL_WORLD_SIZE=2 NODE_RANK=0 MASTER_ADDR=127.0.0.1" in line
+        assert "TORCHELASTIC_RUN_ID" not in line
+    assert "shell_ranks[1] | shell launch" in result.output
+
+
+@pytest.mark.parametrize("command, expected", [
+    ("python step.py --out /o", ["step.py", "--out", "/o"]),
+    ("python -m slmops.steps.finetune --template '<|user|>\n{x}'", ["-m", "slmops.steps.finetune", "--template", "<|user|>\n{x}"]),
+    ("python3 train.py", ["train.py"]),
+    ("echo hi && python step.py", None),
+    ("python step.py > log.txt", None),
+    ("python step.py --seed $SEED", None),
+    ("python -c 'print(1)'", None),
+    ("bash run.sh", None),
+])
+def test_torchrun_argv_wraps_plain_python_commands_only(command, expected):
+    from local_runner.executor import torchrun_argv
+
+    argv = torchrun_argv(command, 2, 29500)
+    if expected is None:
+        assert argv is None
+    else:
+        assert argv[1:3] == ["-m", "torch.distributed.run"] and "--nproc-per-node" in argv
+        assert argv[argv.index("--master-port") + 2:] == expected
 
 
 def test_nested_pipeline_component_and_inline_command(runs):

@@ -58,9 +58,10 @@ def main() -> None:
         print("failing on purpose", file=sys.stderr, flush=True)
         sys.exit(3)
     if a.ranks:
-        names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+        names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT",
+                 "TORCHELASTIC_RUN_ID")
         Path(a.ranks).mkdir(parents=True, exist_ok=True)
-        line = " ".join(f"{n}={os.environ.get(n)}" for n in names)
+        line = " ".join(f"{n}={os.environ[n]}" for n in names if n in os.environ)
         (Path(a.ranks) / f"rank-{os.environ.get('RANK')}.txt").write_text(line)
         print(line, flush=True)
         if os.environ.get("RANK") != "0":
