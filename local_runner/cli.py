@@ -17,22 +17,9 @@ from pathlib import Path
 
 import click
 
-from slmops.errors import UserError
+from slmops.cli import parse_sets
 
 SET_HELP = "Override a pipeline-level input: NAME=VALUE (a path, relative to the current folder, for data inputs)."
-
-
-def parse_sets(pairs: tuple[str, ...]) -> dict[str, str]:
-    sets, problems = {}, []
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.strip():
-            problems.append(f"--set {pair!r}: expected NAME=VALUE, e.g. --set learning_rate=0.0002")
-        else:
-            sets[name.strip()] = value
-    if problems:
-        raise UserError("invalid --set option(s):", problems=problems)
-    return sets
 
 
 @click.command()

@@ -231,13 +231,14 @@ class Executor:
                         del self.running[name]
                         self._finish(name, active, code)
                 if not self.failed:
-                    ready = [n for n in self.order if self.state[n] == "pending" and self._ready(n)]
-                    # Steps about to share this machine's cores (see _env).
-                    self.sharing = max(1, min(self.max_parallel, len(self.running) + len(ready)))
-                    for name in ready:
+                    # How many steps are about to share this machine's cores (see _env).
+                    ready = sum(1 for n in self.order if self.state[n] == "pending" and self._ready(n))
+                    self.sharing = max(1, min(self.max_parallel, len(self.running) + ready))
+                    for name in self.order:
                         if len(self.running) >= self.max_parallel:
                             break
-                        self._start(self.graph.nodes[name])
+                        if self.state[name] == "pending" and self._ready(name):
+                            self._start(self.graph.nodes[name])
                 if not self.running:
                     break
                 time.sleep(POLL_SECONDS)

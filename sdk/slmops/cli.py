@@ -34,6 +34,24 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def parse_sets(pairs) -> dict[str, str]:
+    """`--set NAME=VALUE` options -> `{name: value}` (the value may hold `=`); every malformed pair reported at once.
+
+    Shared by `slmops run/validate` and `slmops submit`: the same overrides mean the same thing locally and in
+    the cloud. Each command then type-checks the values against the pipeline's inputs.
+    """
+    values, problems = {}, []
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            problems.append(f"--set {pair!r}: expected NAME=VALUE, e.g. --set learning_rate=0.0002")
+        else:
+            values[name.strip()] = value
+    if problems:
+        raise UserError("invalid --set option(s):", problems=problems)
+    return values
+
+
 class LazyGroup(click.Group):
     """A click group whose subcommands are imported on first use."""
 

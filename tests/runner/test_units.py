@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from local_runner.cli import parse_sets
+from slmops.cli import parse_sets
 from local_runner.executor import format_value, render_command
 from local_runner.graph import toposort
 from local_runner.load import _Builder, coerce

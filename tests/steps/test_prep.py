@@ -492,8 +492,8 @@ def test_logs_to_mlflow(tmp_path, tiny_model, tone_jsonl, monkeypatch):
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     run_prep(tiny_model, tmp_path / "o", "--data", str(tone_jsonl), "--template", TONE_TEMPLATE,
              "--label_column", "tone", "--max_rows", "100")
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    client = mlflow.MlflowClient(tracking_uri=uri)   # not mlflow.set_tracking_uri: that would leak to later tests
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert len(runs) == 1
     run = runs[0]
     assert run.data.params["label_column"] == "tone"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import click
 
+from slmops.cli import parse_sets
 from slmops.errors import UserError
 
 WORKSPACE_OPTIONS = (
@@ -80,7 +81,7 @@ def submit(ctx, pipeline, sets, compute, experiment, dry_run, project_dir, subsc
     """Submit PIPELINE (the same YAML `slmops run` runs) to Azure ML; print the run name and Studio URL."""
     from slmops.azure import environments, submit as submitting
 
-    job = submitting.load_pipeline(pipeline, submitting.parse_sets(list(sets)), list(compute), experiment,
+    job = submitting.load_pipeline(pipeline, parse_sets(sets), list(compute), experiment,
                                    Path.cwd())
     root = project_dir or environments.project_root(pipeline.resolve().parent)
     envs_used = submitting.pin_environments(job, environments.load_environments(root / "environments"))

@@ -24,20 +24,6 @@ REMOTE_PREFIXES = ("azureml:", "https:", "http:", "wasbs:", "abfss:", "adl:", "h
 TERMINAL = {"Completed", "Failed", "Canceled", "NotResponding", "Paused"}
 
 
-def parse_sets(pairs: list[str]) -> dict[str, str]:
-    """`["a=1", "b=x=y"]` -> `{"a": "1", "b": "x=y"}`; all malformed pairs reported together."""
-    values, problems = {}, []
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.strip():
-            problems.append(f"--set {pair!r}: expected NAME=VALUE, e.g. --set max_steps=200")
-        else:
-            values[name.strip()] = value
-    if problems:
-        raise UserError("Bad --set values.", problems=problems)
-    return values
-
-
 def _literal(text: str, kind: type):
     if kind is bool:
         lowered = text.strip().lower()

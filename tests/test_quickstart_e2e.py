@@ -1,0 +1,61 @@
+"""The main job end to end: `slmops quickstart` runs the real pipelines/finetune.yaml through the local runner on a
+tiny model built offline — prep -> finetune -> evaluate -> optimize -> register — and a second run reuses every
+step. This is the same command the README gives a newcomer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def quickstart_dir(tmp_path_factory):
+    work = tmp_path_factory.mktemp("quickstart")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, "-m", "slmops", "quickstart", "--dir", str(work)],
+                          capture_output=True, text=True, env=env, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return work, proc.stdout
+
+
+def test_quickstart_runs_every_step_and_registers(quickstart_dir):
+    work, stdout = quickstart_dir
+    run = json.loads((work / "run" / "run.json").read_text())
+    assert run["status"] == "FINISHED", run
+    assert set(run["steps"]) == {"prep", "finetune", "evaluate", "optimize", "register"}
+    assert set(run["steps"].values()) == {"done"}
+
+    out = lambda node, name: work / "run" / node / "outputs" / name  # noqa: E731
+    metrics = json.loads((out("evaluate", "metrics") / "metrics.json").read_text())
+    # The tiny model starts from random weights; fine-tuning must teach it the task.
+    assert metrics["finetuned"]["accuracy"] >= 0.5, metrics["finetuned"]
+    assert metrics["finetuned"]["accuracy"] > metrics["base"]["accuracy"] + 0.3
+    report = json.loads((out("optimize", "report") / "optimize_report.json").read_text())
+    assert report["precision"] == "int4" and report["speedup"] > 1.0
+    assert abs(report["accuracy_drop"]) <= 0.05
+    reg = json.loads((out("register", "registration") / "registration.json").read_text())
+    assert reg["name"] == "slmops-quickstart" and reg["alias"] == "candidate" and reg["gate"]["passed"]
+    assert "random weights" in stdout
+
+
+def test_quickstart_rerun_reuses_every_step(quickstart_dir):
+    work, _ = quickstart_dir
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "slmops", "quickstart", "--dir", str(work)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    run = json.loads((work / "run" / "run.json").read_text())
+    assert set(run["steps"].values()) == {"reused"}, run["steps"]
+    assert seconds < 60, f"cached quickstart re-run took {seconds:.1f} s"
