@@ -1,6 +1,6 @@
 """evaluate: score the base model and the fine-tuned model on the same held-out data, and report the difference.
 
-    python -m slmops.steps.evaluate --test_data prep_out/ --model finetune_model/ --base_model base/ \
+    python -m slmops.steps.evaluate --test_data prep_out/ --model finetune_model/ --base_model base/ \\
         --train_metrics finetune_metrics/ --task classification --metrics eval_out/
 
 - classification: greedy completion (stripped) vs the row's label -> accuracy, macro-F1, confusion matrix
@@ -29,7 +29,8 @@ EXAMPLES_IN_REPORT = 5
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m slmops.steps.evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--test_data", required=True, help="prep's output_data folder; validation.jsonl is scored")
     ap.add_argument("--model", required=True, help="the fine-tuned model: MLflow model folder, HF folder or adapter")
     ap.add_argument("--base_model", help="the base model folder (HF or MLflow layout); or use --base_model_id")

@@ -1,6 +1,6 @@
 """optimize: build an ONNX Runtime GenAI model from the merged model and measure it against PyTorch.
 
-    python -m slmops.steps.optimize --model finetune_model/ --test_data prep_out/ --precision int4 \
+    python -m slmops.steps.optimize --model finetune_model/ --test_data prep_out/ --precision int4 \\
         --execution_provider cpu --onnx_model onnx_out/ --report report_out/
 
 1. Build with ORT GenAI's model builder (`python -m onnxruntime_genai.models.builder -i <hf dir> -o <out>
@@ -43,7 +43,8 @@ TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m slmops.steps.optimize", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="the merged model: MLflow model folder or Hugging Face folder")
     ap.add_argument("--test_data", required=True, help="prep's output_data folder; validation.jsonl is scored")
     ap.add_argument("--precision", default="int4", choices=PRECISIONS, help="ONNX weight precision")
