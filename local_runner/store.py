@@ -16,10 +16,12 @@ environment definition, input contents and parameter values, and output/run sett
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from local_runner.graph import Node
@@ -154,6 +156,31 @@ class Store:
         return {name: self.step_dir(key) / "done" / name for name in names}
 
 
+@functools.lru_cache(maxsize=1)
+def local_python() -> str:
+    """The environment a step really runs in locally: this interpreter and the distributions installed for it.
+
+    Components name an Azure ML environment (recorded, not built); locally every step runs in this Python, so an
+    upgraded package must make steps re-run just as a changed environment does on Azure ML. The installed
+    distributions are read from the `*.dist-info` / `*.egg-info` folder names in site-packages (name and version are
+    in the folder name): a directory listing, not a metadata read, to keep a cached re-run fast.
+    """
+    import site
+    import sysconfig
+
+    folders = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()}
+    if site.ENABLE_USER_SITE:
+        folders.add(site.getusersitepackages())
+    names = []
+    for folder in sorted(folders):   # site-packages only: sys.path also holds the cwd and test roots
+        try:
+            names += [n for n in os.listdir(folder) if n.endswith((".dist-info", ".egg-info"))]
+        except OSError:
+            continue
+    blob = json.dumps([os.path.realpath(sys.executable), sys.version, sorted(set(names))])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def key_parts(node: Node, code_hash: str, input_identity: dict) -> dict:
     """What a step's reuse key is made of, each part hashed (kept in step.json: diff two to see why a step re-ran).
 
@@ -167,7 +194,7 @@ def key_parts(node: Node, code_hash: str, input_identity: dict) -> dict:
     return {
         "component": digest(component),
         "code": code_hash[:16],
-        "environment": digest(node.environment),
+        "environment": digest([node.environment, local_python()]),
         "inputs": {name: digest(identity) for name, identity in sorted(input_identity.items())},
         "outputs": digest(node.outputs),
         "run_settings": digest([node.distribution, node.resources, node.environment_variables, node.sweep]),

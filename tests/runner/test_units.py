@@ -96,3 +96,24 @@ def test_check_command_flags_undeclared_names_and_bare_optional_inputs():
     assert [p.split(":")[0] for p in builder.problems] == ["jobs.n.command", "jobs.n.command", "jobs.n.inputs.s"]
     assert "no input 'z'" in builder.problems[0] and "no output 'o'" in builder.problems[1]
     assert "outside $[[ ]]" in builder.problems[2]
+
+
+def test_local_python_environment_is_part_of_the_reuse_key(monkeypatch, tmp_path):
+    """Steps run in this Python locally: a different set of installed distributions must change the key."""
+
+    from local_runner import store
+    from local_runner.graph import Node
+
+    node = Node(name="a", kind="command", command="python x.py", code=None, environment="azureml:env@latest",
+                component={"name": "a"}, input_specs={}, inputs={}, outputs={})
+    store.local_python.cache_clear()
+    before = store.step_key(store.key_parts(node, "0" * 64, {}))
+    site = tmp_path / "site"
+    (site / "somepkg-1.0.dist-info").mkdir(parents=True)
+    import site as site_module
+
+    monkeypatch.setattr(site_module, "getsitepackages", lambda: [str(site)])
+    store.local_python.cache_clear()
+    after = store.step_key(store.key_parts(node, "0" * 64, {}))
+    assert before != after
+    store.local_python.cache_clear()
