@@ -25,3 +25,27 @@ def test_scores_the_finetuned_mlflow_model(finetuned, tmp_path, monkeypatch):
     assert all(a["finish_reason"] == "stop" and a["text"].strip() in LABELS for a in answers), answers[:3]
     accuracy = sum(a["text"].strip() == r["tone"] for a, r in zip(answers, rows)) / len(rows)
     assert accuracy >= 0.8, accuracy
+
+
+@pytest.mark.slow
+def test_scores_the_finetuned_onnx_model_mounted_at_name_version(finetuned, prepared_data, tmp_path, monkeypatch):
+    """The same task through ORT GenAI (the optimize step's int4 model) at Azure ML's `<name>/<version>` mount: the
+    reply names "name:version", and an answer that ended on an end token is "stop" even though ORT GenAI leaves
+    that token out of the sequence it returns."""
+    from slmops.serving import score
+    from slmops.steps import optimize
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    mount = tmp_path / "azureml-models" / "tone-onnx" / "3"
+    optimize.main(["--model", str(finetuned["model"]), "--test_data", str(prepared_data), "--precision", "int4",
+                   "--max_samples", "4", "--speed_prompts", "1", "--speed_tokens", "4", "--onnx_model", str(mount),
+                   "--report", str(tmp_path / "report")])
+    monkeypatch.setenv("AZUREML_MODEL_DIR", str(mount))
+    score.init()
+    assert score.MODEL.kind == "onnx" and score.MODEL.name == "tone-onnx:3"
+    rows = tone_dataset(20, seed=7)
+    answers = [score.run(messages=[{"role": "user", "content": f"What is the tone of this phrase? {r['phrase']}"}],
+                         max_new_tokens=6) for r in rows]
+    assert all(a["finish_reason"] == "stop" and a["completion_tokens"] < 6 for a in answers), answers[:3]
+    assert sum(a["text"].strip() == r["tone"] for a, r in zip(answers, rows)) / len(rows) >= 0.8

@@ -147,7 +147,9 @@ def init():
         raise RuntimeError(f"AZUREML_MODEL_DIR={str(root)!r} is not a folder; start the server with --model_dir")
     folder = find_model_dir(root)
     MODEL = load_model(folder)
-    MODEL.name = folder.name
+    # Azure ML mounts a registered model at .../<name>/<version>, and `slmops serve` caches registry models the
+    # same way: report "name:version" then, the folder name otherwise.
+    MODEL.name = f"{root.parent.name}:{root.name}" if root.name.isdigit() else folder.name
     logger.info("slmops: serving %s model from %s (context %d)", MODEL.kind, folder, MODEL.context_length)
 
 
@@ -214,5 +216,7 @@ def run(prompt=None, messages=None, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, tempe
     finish = "length"
     if new_ids and new_ids[-1] in MODEL.eos_ids:
         new_ids, finish = new_ids[:-1], "stop"
+    elif len(new_ids) < max_new_tokens:
+        finish = "stop"   # ended on an end token the runtime does not return (ORT GenAI leaves it out)
     return {"text": MODEL.decode(new_ids), "prompt_tokens": len(ids), "completion_tokens": len(new_ids),
             "finish_reason": finish, "model": MODEL.name}
