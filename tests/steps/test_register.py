@@ -268,6 +268,36 @@ def test_registry_busy_past_retries_undoes_the_first_model(env, tmp_path, monkey
     assert not out.exists()
 
 
+class Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("fails", ["onnx_alias", "registration_json"])
+def test_failure_after_an_alias_moved_restores_the_previous_candidate(fails, env, tmp_path, monkeypatch):
+    """A failure after the new versions exist (setting the ONNX alias, writing registration.json) deletes them
+    and points the alias back at the previous candidate of both models."""
+    paths = write_inputs(tmp_path / "in")
+    name = f"tone-restore-{fails.replace('_', '-')}"
+    register.main(argv(paths, tmp_path / "first", name, **GATE))
+    if fails == "onnx_alias":
+        real = registry.set_alias
+
+        def set_alias(uri, model_name, alias, version):
+            if model_name.endswith("-onnx") and version == "2":
+                raise Boom("registry went away")
+            return real(uri, model_name, alias, version)
+
+        monkeypatch.setattr(registry, "set_alias", set_alias)
+    else:
+        monkeypatch.setattr(register, "write_json", lambda *a, **k: (_ for _ in ()).throw(Boom("disk full")))
+    out = tmp_path / "reg"
+    with pytest.raises(Boom):
+        register.main(argv(paths, out, name, **GATE))
+    for model_name in (name, f"{name}-onnx"):
+        assert [(v["version"], v["aliases"]) for v in registry.list_versions(env, model_name)] == [("1", ["candidate"])]
+    assert not out.exists()
+
+
 def test_gate_failure_is_a_gate_error_in_process(env, tmp_path):
     with pytest.raises(GateFailed) as exc:
         register.main(argv(write_inputs(tmp_path / "in", tuned=0.1), tmp_path / "r", "tone-x", min_accuracy=0.2))

@@ -259,6 +259,7 @@ def main(argv=None) -> dict:
         tags = version_tags(lin, checks, run.info.run_id)
         onnx_name = f"{args.model_name}-onnx"
         created: list[tuple[str, str]] = []
+        moved: list[tuple[str, str]] = []  # (name, version the alias pointed at before) for aliases moved
         with atomic_dir(args.registration) as out:
             try:
                 mv = register_folder(tracking_uri, run.info.run_id, args.model, "model", args.model_name, tags)
@@ -272,16 +273,22 @@ def main(argv=None) -> dict:
                         args.model_name, str(mv.version), "onnx_model", f"{onnx_name}/{omv.version}")
                     onnx = {"name": onnx_name, "version": str(omv.version)}
                 for name, version in created:
-                    registry.set_alias(tracking_uri, name, args.alias, version)
+                    previous = registry.set_alias(tracking_uri, name, args.alias, version)
+                    if previous is not None:
+                        moved.append((name, previous))
+                result = {"name": args.model_name, "version": str(mv.version), "alias": args.alias, "onnx": onnx,
+                          "gate": {"passed": True, "checks": checks},
+                          "lineage": {**lin, "step_run_id": run.info.run_id}, "tracking_uri": tracking_uri}
+                write_json(out / "registration.json", result)
             except BaseException:
-                for name, version in created:  # undo: a half-registered pair must not look like a candidate
+                # Undo: a half-registered pair must not look like a candidate, and the previous one stays.
+                for name, version in created:
                     with contextlib.suppress(Exception):
                         registry.delete_version(tracking_uri, name, version)
+                for name, previous in moved:
+                    with contextlib.suppress(Exception):
+                        registry.set_alias(tracking_uri, name, args.alias, previous)
                 raise
-            result = {"name": args.model_name, "version": str(mv.version), "alias": args.alias, "onnx": onnx,
-                      "gate": {"passed": True, "checks": checks}, "lineage": {**lin, "step_run_id": run.info.run_id},
-                      "tracking_uri": tracking_uri}
-            write_json(out / "registration.json", result)
         tracking.set_tags({"registered_model": f"{args.model_name}/{mv.version}"})
 
     onnx_text = f"; ONNX: {onnx['name']} version {onnx['version']}" if onnx else ""
