@@ -22,9 +22,12 @@ def atomic_dir(final: str | os.PathLike):
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".tmp-{final.name}-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    prefix = f".tmp-{final.name}-"
+    for stale in final.parent.iterdir():
+        # mkdtemp's suffix has no '-': `.tmp-model-adapter-x1y2` is the live folder of a sibling `model-adapter`
+        if stale.name.startswith(prefix) and "-" not in stale.name[len(prefix):]:
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
     tmp.chmod(0o755)
     try:
         yield tmp

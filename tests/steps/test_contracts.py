@@ -262,3 +262,17 @@ def test_register_gates_and_registers_the_real_chain(chain):
     for name, version in ((reg["name"], reg["version"]), (reg["onnx"]["name"], reg["onnx"]["version"])):
         mv = registry.get_version(reg["tracking_uri"], registry.ModelRef(name, alias="candidate"))
         assert str(mv.version) == version and mv.tags["gate"] == "passed"
+
+
+def test_atomic_outputs_whose_names_share_a_prefix_land_together(tmp_path):
+    """Steps open several outputs at once (finetune: adapter, model, metrics); clearing the stale temp folders
+    of `model` must not delete the live one of a sibling output named `model-adapter`."""
+    from slmops.io import atomic_dir
+
+    (tmp_path / ".tmp-model-stale_01").mkdir()  # left by a crashed attempt: removed
+    with atomic_dir(tmp_path / "model-adapter") as adapter, atomic_dir(tmp_path / "model") as model:
+        (adapter / "adapter_config.json").write_text("{}")
+        (model / "MLmodel").write_text("flavors: {}\n")
+    assert (tmp_path / "model-adapter" / "adapter_config.json").is_file()
+    assert (tmp_path / "model" / "MLmodel").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "model-adapter"]
