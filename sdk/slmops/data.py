@@ -515,6 +515,41 @@ def tokenize(examples: list[Example], tokenizer, *, max_seq_len: int, truncate: 
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Reading prep's output (finetune, evaluate and optimize)
+
+
+def read_prepared(path: Path, required: list[str], *, limit: int = 0, check=None) -> list[dict]:
+    """The rows of a JSON Lines file prep wrote (train.jsonl, validation.jsonl): the first `limit` (0 = all),
+    each a JSON object with the `required` fields; `check(row)` may return a problem string for a row.
+
+    Raises UserError naming the file and line of every bad row (up to 10); an empty file gives [].
+    """
+    rows, problems = [], []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problems.append(f"{path}:{line_no}: not valid JSON ({exc.msg}); re-run prep to write the file")
+                continue
+            missing = [k for k in required if not isinstance(row, dict) or k not in row]
+            if missing:
+                problems.append(f"{path}:{line_no}: missing field(s) {missing}; re-run prep to write them")
+                continue
+            if check is not None and (problem := check(row)) is not None:
+                problems.append(f"{path}:{line_no}: {problem}")
+                continue
+            rows.append(row)
+            if limit and len(rows) >= limit:
+                break
+    if problems:
+        raise UserError(f"{path} has {len(problems)} bad row(s)", problems=problems[:10])
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Report
 
 

@@ -120,34 +120,16 @@ def read_examples(test_data: str, max_samples: int, *, need_input_ids: bool = Fa
 
     Raises UserError naming the file, line and field of every bad row (up to 10).
     """
-    import json
     from pathlib import Path
 
+    from slmops.data import read_prepared
     from slmops.errors import UserError
 
     path = Path(test_data) / "validation.jsonl"
     if not path.is_file():
         raise UserError(f"test_data {str(test_data)!r} has no validation.jsonl; pass prep's output_data folder")
     required = ["prompt", "completion"] + (["input_ids", "prompt_length"] if need_input_ids else [])
-    rows, problems = [], []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append(f"{path}:{line_no}: not valid JSON ({exc.msg})")
-                continue
-            missing = [k for k in required if not isinstance(row, dict) or k not in row]
-            if missing:
-                problems.append(f"{path}:{line_no}: missing field(s) {missing}; re-run prep to write them")
-                continue
-            rows.append(row)
-            if max_samples and len(rows) >= max_samples:
-                break
-    if problems:
-        raise UserError(f"{path} has {len(problems)} bad row(s)", problems=problems[:10])
+    rows = read_prepared(path, required, limit=max_samples)
     if not rows:
         raise UserError(f"{path} has no rows; prep must hold out a validation split (validation_fraction > 0)")
     return rows

@@ -7,7 +7,6 @@ calls these small functions; each takes explicit arguments so it can be tested o
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
@@ -54,29 +53,31 @@ def choose_precision(requested: str, *, cuda: bool, cuda_bf16: bool, cpu_bf16: b
 
 # ---------------------------------------------------------------------------------------------- data
 
+def _completion_problem(row: dict) -> str | None:
+    """Why a prep row has no usable completion tokens (None when it has)."""
+    ids, plen = row["input_ids"], row["prompt_length"]
+    if not isinstance(ids, list) or not isinstance(plen, int) or isinstance(plen, bool):
+        return (f"input_ids must be a list and prompt_length an integer (got {type(ids).__name__}, "
+                f"{type(plen).__name__}); run the prep step on the raw data first")
+    if not ids or not 0 <= plen < len(ids):
+        return (f"prompt_length {plen} leaves no completion tokens in {len(ids)} input_ids; re-run prep with a "
+                "larger max_seq_len")
+    return None
+
+
 def read_prepared(path: Path) -> list[dict]:
     """Rows of a prep JSONL file as {"input_ids", "completion_mask"} (1 on completion tokens).
 
-    Raises UserError naming the file and line for rows that do not follow the prep contract.
+    Raises UserError naming the file and line of rows that do not follow the prep contract.
     """
-    rows = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                ids, plen = row["input_ids"], int(row["prompt_length"])
-            except (ValueError, KeyError, TypeError) as exc:
-                raise UserError(f"{path}:{n}: not a prep row ({exc!r}); each line needs 'input_ids' and "
-                                "'prompt_length' — run the prep step on the raw data first") from None
-            if not ids or not 0 <= plen < len(ids):
-                raise UserError(f"{path}:{n}: prompt_length {plen} leaves no completion tokens in "
-                                f"{len(ids)} input_ids; re-run prep with a larger max_seq_len")
-            rows.append({"input_ids": ids, "completion_mask": [0] * plen + [1] * (len(ids) - plen)})
+    from slmops.data import read_prepared as read_rows
+
+    rows = read_rows(path, ["input_ids", "prompt_length"], check=_completion_problem)
     if not rows:
         raise UserError(f"{path} holds no rows; re-run prep on non-empty data")
-    return rows
+    return [{"input_ids": r["input_ids"],
+             "completion_mask": [0] * r["prompt_length"] + [1] * (len(r["input_ids"]) - r["prompt_length"])}
+            for r in rows]
 
 
 def to_dataset(rows: list[dict], completion_only_loss: bool):
