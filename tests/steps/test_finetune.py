@@ -225,6 +225,7 @@ BAD_CASES = [
     (["--deepspeed", "zero9"], "--deepspeed 'zero9' is not one of", None),
     (["--base_model", "/no/such/model"], "does not exist", None),
     (["--train_data", "/no/such/data"], "has no train.jsonl", None),
+    (["--target_modules", "qkv_nope"], "--target_modules 'qkv_nope' matches no module of the base model", None),
 ]
 
 

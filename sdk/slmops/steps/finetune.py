@@ -170,12 +170,19 @@ def load_model(args, base_ref: str, precision: str):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
     if args.method != "full":
         from peft import LoraConfig, get_peft_model
+        from peft.utils import NoMatchingPeftModuleError
 
         targets = args.target_modules if args.target_modules == "all-linear" else args.target_modules.split(",")
         lora = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                           target_modules=targets, use_dora=args.method == "dora", task_type="CAUSAL_LM",
                           modules_to_save=args.modules_to_save.split(",") if args.modules_to_save else None)
-        model = get_peft_model(model, lora)
+        try:
+            model = get_peft_model(model, lora)
+        except NoMatchingPeftModuleError as exc:
+            linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                             if isinstance(module, torch.nn.Linear)})
+            raise UserError(f"--target_modules {args.target_modules!r} matches no module of the base model ({exc}); "
+                            f"use all-linear or some of its linear modules {linear}") from None
     return model, tokenizer
 
 
