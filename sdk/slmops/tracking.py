@@ -34,18 +34,14 @@ def step_run():
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
-    run_id = os.environ.get("MLFLOW_RUN_ID")
-    active = mlflow.active_run()
-    if active is not None:
-        _active = True
-        yield active
-        return
-    with mlflow.start_run(run_id=run_id) as run:
+    previous, active = _active, mlflow.active_run()
+    with contextlib.nullcontext(active) if active is not None else \
+            mlflow.start_run(run_id=os.environ.get("MLFLOW_RUN_ID")) as run:
         _active = True
         try:
             yield run
         finally:
-            _active = False
+            _active = previous  # log_* after the block must not start a run of their own
 
 
 def _mlflow():

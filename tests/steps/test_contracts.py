@@ -276,3 +276,27 @@ def test_atomic_outputs_whose_names_share_a_prefix_land_together(tmp_path):
     assert (tmp_path / "model-adapter" / "adapter_config.json").is_file()
     assert (tmp_path / "model" / "MLmodel").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "model-adapter"]
+
+
+def test_step_logging_ends_with_its_run(tmp_path, monkeypatch):
+    """A step run inside a caller's MLflow run logs there; once the block ends, `log_*` are no-ops again and
+    never start a run of their own."""
+    import mlflow
+
+    from slmops import tracking
+
+    uri = (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    with mlflow.start_run() as outer:
+        with tracking.step_run() as run:
+            assert run.info.run_id == outer.info.run_id
+            tracking.log_metrics({"inside": 1.0})
+    tracking.log_metrics({"after": 1.0})
+    started = mlflow.active_run()
+    if started is not None:
+        mlflow.end_run()
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert started is None and [r.data.metrics for r in runs] == [{"inside": 1.0}]
