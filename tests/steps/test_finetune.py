@@ -263,6 +263,22 @@ def test_rows_that_break_the_prep_contract(tiny_model, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_no_validation_rows_trains_without_evaluations(prepared_data, tiny_model, tmp_path):
+    """prep with --validation_fraction 0 writes an empty validation.jsonl: fine with --eval_steps 0, and with
+    evaluations asked for, a UserError that names the fix."""
+    import shutil
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(prepared_data / "train.jsonl", data / "train.jsonl")
+    (data / "validation.jsonl").write_text("")
+    with pytest.raises(UserError, match="--eval_steps 3 needs validation rows.*--validation_fraction > 0"):
+        finetune.main(["--train_data", str(data), "--base_model", str(tiny_model), *SHORT, *out_args(tmp_path / "a")])
+    assert not (tmp_path / "a").exists()
+    summary = run_step(data, tiny_model, tmp_path / "b", *SHORT, "--eval_steps", "0")
+    assert summary["global_step"] == 3 and summary["final_eval_loss"] is None
+
+
 # --- DeepSpeed configs shipped in the package -------------------------------------------------------------------
 
 @pytest.mark.parametrize("name,stage", [("zero2", 2), ("zero3", 3)])

@@ -93,6 +93,11 @@ def validate(args) -> None:
     for name in ("train.jsonl", "validation.jsonl"):
         if not (data / name).is_file():
             problems.append(f"--train_data {str(data)!r} has no {name}; pass prep's output_data folder")
+    validation = data / "validation.jsonl"
+    if args.eval_steps > 0 and validation.is_file() and not validation.stat().st_size:
+        problems.append(f"--eval_steps {args.eval_steps} needs validation rows and {str(data)!r} holds none (prep "
+                        "ran with --validation_fraction 0); re-run prep with --validation_fraction > 0, or pass "
+                        "--eval_steps 0")
     if not args.base_model and not args.base_model_id:
         problems.append("no base model: pass --base_model FOLDER or --base_model_id ORG/NAME")
     if args.base_model:
@@ -137,12 +142,14 @@ def validate(args) -> None:
 
 
 def load_data(args):
-    """train/validation rows of prep's output as datasets TRL takes as tokenized; plus the longest train row."""
+    """train/validation rows of prep's output as datasets TRL takes as tokenized; plus the longest train row.
+    The validation rows are read only when they are evaluated (--eval_steps > 0); else the dataset is None."""
     train_rows = read_prepared(Path(args.train_data) / "train.jsonl")
-    eval_rows = read_prepared(Path(args.train_data) / "validation.jsonl")
+    eval_ds = None
+    if args.eval_steps > 0:
+        eval_ds = to_dataset(read_prepared(Path(args.train_data) / "validation.jsonl"), args.completion_only_loss)
     longest = max(len(r["input_ids"]) for r in train_rows)
-    return (to_dataset(train_rows, args.completion_only_loss), to_dataset(eval_rows, args.completion_only_loss),
-            longest)
+    return to_dataset(train_rows, args.completion_only_loss), eval_ds, longest
 
 
 def load_model(args, base_ref: str, precision: str):
@@ -220,7 +227,7 @@ def build_trainer(args, model, tokenizer, train_ds, eval_ds, longest: int, preci
     )
     if early_stopping:
         callbacks = [*callbacks, EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience)]
-    return SFTTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds if evaluating else None,
+    return SFTTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
                       processing_class=tokenizer, callbacks=callbacks)
 
 
