@@ -125,6 +125,8 @@ def _bad_cases(data, model, tmp):
     (tmp / "empty").mkdir(exist_ok=True)
     (tmp / "not_a_model").mkdir(exist_ok=True)
     (tmp / "not_a_model" / "notes.txt").write_text("hello")
+    (tmp / "not_history").mkdir(exist_ok=True)
+    (tmp / "not_history" / "train_history.json").write_text('[{"loss": 1.2}, 3]')
     return [
         (["--test_data", str(tmp / "empty"), "--model", model, "--base_model", model], ["no validation.jsonl"]),
         (["--test_data", data, "--model", str(tmp / "not_a_model"), "--base_model", model],
@@ -132,6 +134,8 @@ def _bad_cases(data, model, tmp):
         (["--test_data", data, "--model", model], ["exactly one of --base_model"]),
         (["--test_data", data, "--model", model, "--base_model", model, "--train_metrics", str(tmp / "empty")],
          ["no train_history.json"]),
+        (["--test_data", data, "--model", model, "--base_model", model, "--train_metrics", str(tmp / "not_history")],
+         ["must hold a JSON list of step records"]),
         # every problem is reported at once
         (["--test_data", str(tmp / "empty"), "--model", str(tmp / "not_a_model"), "--max_new_tokens", "0"],
          ["no validation.jsonl", "is not a model folder", "exactly one of", "--max_new_tokens 0"]),

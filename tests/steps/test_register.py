@@ -188,6 +188,7 @@ def test_gain_at_exactly_the_threshold_passes(env, tmp_path):
     ("no_report", {"max_optimized_drop": 0.05}, ["--max_optimized_drop needs --optimize_report"]),
     ("no_sha", {}, ["data_report.json has no sha256"]),
     ("bad_json", {}, ["metrics.json is not valid JSON"]),
+    ("list_json", {}, ["metrics.json holds a JSON list, not the object"]),
     ("no_base", {"min_gain": 0.0}, ["--min_gain needs base.accuracy"]),
     (None, {"min_accuracy": 1.5, "alias": "latest", "model_name": "a/b"},
      ["--min_accuracy 1.5: must be between 0.0 and 1.0", "--alias 'latest'", "--model_name 'a/b'"]),
@@ -206,6 +207,8 @@ def test_bad_inputs_exit_2_with_every_problem_and_write_nothing(env, tmp_path, m
         (paths["train_data"] / "data_report.json").write_text("{}")
     elif change == "bad_json":
         (paths["eval_metrics"] / "metrics.json").write_text("{not json")
+    elif change == "list_json":
+        (paths["eval_metrics"] / "metrics.json").write_text("[0.9]")
     elif change == "no_base":
         (paths["eval_metrics"] / "metrics.json").write_text(json.dumps({"task": "classification",
                                                                        "finetuned": {"accuracy": 0.9}}))

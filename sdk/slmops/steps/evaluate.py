@@ -74,8 +74,10 @@ def validate(args) -> tuple[list[dict], list[dict]]:
         path = Path(args.train_metrics) / "train_history.json"
         try:
             history = json.loads(path.read_text())
-            if not isinstance(history, list):
-                problems.append(f"--train_metrics: {path} must hold a JSON list of step records")
+            if not isinstance(history, list) or not all(isinstance(h, dict) and "step" in h for h in history):
+                problems.append(f"--train_metrics: {path} must hold a JSON list of step records "
+                                "({\"step\": ..., \"loss\" or \"eval_loss\": ...}); pass finetune's metrics output")
+                history = []
         except FileNotFoundError:
             problems.append(f"--train_metrics: no train_history.json in {args.train_metrics!r}; "
                             "pass finetune's metrics output or leave the option out")

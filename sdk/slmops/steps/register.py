@@ -67,10 +67,15 @@ def _read_json(folder: str | None, filename: str, flag: str, problems: list[str]
         problems.append(f"--{flag} {folder!r}: no {filename} in it; pass the folder the producing step wrote")
         return None
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         problems.append(f"--{flag}: {path} is not valid JSON ({exc}); re-run the step that wrote it")
         return None
+    if not isinstance(value, dict):
+        problems.append(f"--{flag}: {path} holds a JSON {type(value).__name__}, not the object the producing step "
+                        "writes; pass that step's output folder")
+        return None
+    return value
 
 
 def _number(obj: dict | None, *keys: str):
