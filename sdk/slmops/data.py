@@ -1,8 +1,9 @@
 """Fine-tuning data: load rows, render them to prompt/completion, split, tokenize, and describe the result.
 
-The `prep` step (`slmops.steps.prep`) chains these functions. Every function that inspects user data returns
-the problems it found as strings naming the file, line and field (`"tone.jsonl:12: field 'tone' is empty"`)
-instead of raising on the first one, so the step can report all of them at once.
+The `prep` step (`slmops.steps.prep`) chains these functions; `read_prepared_rows` reads its JSONL output back
+(finetune, evaluate and optimize). Every function that inspects user data returns the problems it found as
+strings naming the file, line and field (`"tone.jsonl:12: field 'tone' is empty"`) instead of raising on the
+first one, so the step can report all of them at once.
 
 Rows carry where they came from (`Row.where`): `file:line` for JSON Lines, CSV and pretty-printed JSON arrays,
 `file row N` for Parquet, `file record N` for a JSON object of columns, `dataset[split] row N` for a Hugging
@@ -518,7 +519,7 @@ def tokenize(examples: list[Example], tokenizer, *, max_seq_len: int, truncate: 
 # Reading prep's output (finetune, evaluate and optimize)
 
 
-def read_prepared(path: Path, required: list[str], *, limit: int = 0, check=None) -> list[dict]:
+def read_prepared_rows(path: Path, required: list[str], *, limit: int = 0, check=None) -> list[dict]:
     """The rows of a JSON Lines file prep wrote (train.jsonl, validation.jsonl): the first `limit` (0 = all),
     each a JSON object with the `required` fields; `check(row)` may return a problem string for a row.
 

@@ -122,14 +122,14 @@ def read_examples(test_data: str, max_samples: int, *, need_input_ids: bool = Fa
     """
     from pathlib import Path
 
-    from slmops.data import read_prepared
+    from slmops.data import read_prepared_rows
     from slmops.errors import UserError
 
     path = Path(test_data) / "validation.jsonl"
     if not path.is_file():
         raise UserError(f"test_data {str(test_data)!r} has no validation.jsonl; pass prep's output_data folder")
     required = ["prompt", "completion"] + (["input_ids", "prompt_length"] if need_input_ids else [])
-    rows = read_prepared(path, required, limit=max_samples)
+    rows = read_prepared_rows(path, required, limit=max_samples)
     if not rows:
         raise UserError(f"{path} has no rows; prep must hold out a validation split (validation_fraction > 0)")
     return rows

@@ -70,9 +70,9 @@ def read_prepared(path: Path) -> list[dict]:
 
     Raises UserError naming the file and line of rows that do not follow the prep contract.
     """
-    from slmops.data import read_prepared as read_rows
+    from slmops.data import read_prepared_rows
 
-    rows = read_rows(path, ["input_ids", "prompt_length"], check=_completion_problem)
+    rows = read_prepared_rows(path, ["input_ids", "prompt_length"], check=_completion_problem)
     if not rows:
         raise UserError(f"{path} holds no rows; re-run prep on non-empty data")
     return [{"input_ids": r["input_ids"],
