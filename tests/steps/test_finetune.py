@@ -226,6 +226,7 @@ BAD_CASES = [
     (["--base_model", "/no/such/model"], "does not exist", None),
     (["--train_data", "/no/such/data"], "has no train.jsonl", None),
     (["--target_modules", "qkv_nope"], "--target_modules 'qkv_nope' matches no module of the base model", None),
+    (["--base_model_id", "org/name"], "pass exactly one", None),
 ]
 
 

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train_data", required=True, help="prep's output_data folder (train.jsonl, validation.jsonl)")
     ap.add_argument("--base_model", help="base model folder (Hugging Face or MLflow transformers layout)")
-    ap.add_argument("--base_model_id", help="base model hub id (used when --base_model is not given)")
+    ap.add_argument("--base_model_id", help="base model hub id (instead of --base_model)")
     ap.add_argument("--method", default="lora", help=f"one of {METHODS}")
     ap.add_argument("--lora_r", type=int, default=16, help="LoRA rank (>= 1)")
     ap.add_argument("--lora_alpha", type=float, default=32, help="LoRA scaling alpha")
@@ -100,6 +100,9 @@ def validate(args) -> None:
                         "--eval_steps 0")
     if not args.base_model and not args.base_model_id:
         problems.append("no base model: pass --base_model FOLDER or --base_model_id ORG/NAME")
+    elif args.base_model and args.base_model_id:
+        problems.append(f"both --base_model {args.base_model!r} and --base_model_id {args.base_model_id!r} given; "
+                        "pass exactly one (prep and evaluate take the same)")
     if args.base_model:
         try:
             resolve(args.base_model)
