@@ -32,6 +32,7 @@ class Display:
 
     def _table(self):
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(box=None, show_header=True, header_style="bold")
         table.add_column("step")
@@ -44,7 +45,8 @@ class Display:
                 seconds = time.monotonic() - self.started[name]
             else:
                 seconds = None
-            table.add_row(name, f"[{STYLES.get(state, '')}]{state}[/]", "" if seconds is None else f"{seconds:.1f}s")
+            # Text, not markup: the table is also redrawn inside console.print(markup=False) of step output lines.
+            table.add_row(name, Text(state, style=STYLES.get(state, "")), "" if seconds is None else f"{seconds:.1f}s")
         return table
 
     def _print(self, text: str, style: str | None = None) -> None:
@@ -68,6 +70,9 @@ class Display:
         took = f" ({self.durations[name]:.1f}s)" if state in ("done", "failed", "killed") and name in self.durations else ""
         if self._live is None or state in ("failed", "killed"):
             self._print(f"[{name}] {state}{took}{(': ' + detail) if detail else ''}")
+        else:
+            with self.lock:
+                self._live.refresh()
 
     def line(self, name: str, text: str) -> None:
         self._print(f"{name} | {text}")

@@ -134,6 +134,7 @@ class Store:
     def attempt_outputs(self, key: str, outputs: list[str]) -> dict[str, Path]:
         """Output folders for an attempt: the same ones a failed earlier attempt with this key used."""
         base = self.step_dir(key) / "attempt"
+        base.mkdir(parents=True, exist_ok=True)   # a step with no outputs still completes through attempt/ -> done/
         paths = {}
         for name in outputs:
             paths[name] = base / name

@@ -384,3 +384,12 @@ def test_steps_running_together_share_the_cores_unless_the_user_set_omp_num_thre
 
     assert threads("r1", {"OMP_NUM_THREADS": None}) == {"a": "4", "b": "4", "c": "8"}
     assert threads("r2", {"OMP_NUM_THREADS": "3"}, "--force-rerun") == {"a": "3", "b": "3", "c": "3"}
+
+
+def test_a_step_without_outputs_completes_and_is_reused(runs):
+    first = run(runs, "no_outputs.yaml", "r1")
+    assert first.exit_code == 0, first.output
+    assert "hello | hello from a step without outputs" in first.output
+    second = run(runs, "no_outputs.yaml", "r2")
+    assert second.exit_code == 0, second.output
+    assert states(runs, "r2") == {"hello": "reused"}
