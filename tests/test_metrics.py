@@ -75,3 +75,35 @@ def test_perplexity_golden(nll_sum, n_tokens, expected):
 def test_bad_inputs_raise(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_torch_generate_adds_no_second_bos_to_prompts_a_chat_template_opened(tiny_model):
+    """Llama-3-style chat templates write the BOS token into the prompt text; the tokenizer also adds one by
+    default. Generation must feed exactly one, as prep did when it tokenized the rendered chat prompt."""
+    from tokenizers import processors
+
+    from slmops import generation, models
+
+    tok = models.load_tokenizer(tiny_model)
+    tok.bos_token = "<|system|>"                      # stands in for <|begin_of_text|>
+    bos = tok.convert_tokens_to_ids("<|system|>")
+    tok._tokenizer.post_processor = processors.TemplateProcessing(single="<|system|> $A", special_tokens=[
+        ("<|system|>", bos)])
+    assert tok("hi")["input_ids"][0] == bos            # the tokenizer adds BOS by default
+
+    seen = []
+
+    class Recorder:
+        device = "cpu"
+        generation_config = type("G", (), {"eos_token_id": tok.eos_token_id})()
+
+        def generate(self, input_ids, **kwargs):
+            seen.extend(input_ids.tolist())
+            return input_ids
+
+    generation.torch_generate(Recorder(), tok, ["<|system|>hello", "<|system|>tone?"], max_new_tokens=1,
+                              batch_size=2)
+    assert all(sum(1 for t in row if t == bos) == 1 for row in seen), seen
+    seen.clear()
+    generation.torch_generate(Recorder(), tok, ["plain prompt"], max_new_tokens=1, batch_size=1)
+    assert seen[0][0] == bos                           # a raw prompt still gets its BOS

@@ -33,6 +33,14 @@ def _cut_at_eos(ids, eos_ids: set[int]) -> list[int]:
     return out
 
 
+def _starts_with_bos(tokenizer, prompts: list[str]) -> bool:
+    """True when every prompt already opens with the tokenizer's begin-of-text token: a chat template wrote it
+    (Llama 3 style), and prep tokenized such prompts without adding special tokens, so generation must not
+    add a second one."""
+    bos = tokenizer.bos_token
+    return bool(bos) and all(p.startswith(bos) for p in prompts)
+
+
 def torch_eos_ids(model, tokenizer) -> set[int]:
     """End-of-sequence ids: the model's generation config (int or list) plus the tokenizer's eos."""
     configured = model.generation_config.eos_token_id
@@ -54,7 +62,8 @@ def torch_generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int,
     results = []
     try:
         for batch in _batches(prompts, batch_size):
-            enc = tokenizer(batch, return_tensors="pt", padding=True).to(model.device)
+            enc = tokenizer(batch, return_tensors="pt", padding=True,
+                            add_special_tokens=not _starts_with_bos(tokenizer, batch)).to(model.device)
             with torch.inference_mode():
                 out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
                                      min_new_tokens=min_new_tokens, pad_token_id=pad_id,
