@@ -1,20 +1,26 @@
 """Contract tests over the pipeline's components: one table row per step, the same checks for each.
 
-1. the component YAML loads with azure-ai-ml and passes its offline `_validate()`;
-2. the YAML's command passes every input/output by a flag of the same name (optional ones inside $[[ ]]),
+1. the component YAML is exactly what the step's `CONTRACT` renders (`python -m slmops.contract --write
+   components/`), loads with azure-ai-ml and passes its offline `_validate()`;
+2. every enum value and min/max bound of every contract: a value on the bound is accepted and the value just
+   beyond it is rejected, alike by the step (exit 2, naming flag and value) and by `coerce` (the pipeline
+   validator's check) on the YAML as azure-ai-ml loads it;
+3. the YAML's command passes every input/output by a flag of the same name (optional ones inside $[[ ]]),
    `python -m slmops.steps.<step> --help` exits 0 and lists those flags, and the step's argparse defaults,
    types and required flags agree with the YAML;
-3. bad input (required arguments missing, input paths that do not exist) exits 2 naming the problem and
+4. bad input (required arguments missing, input paths that do not exist) exits 2 naming the problem and
    writes no output folder;
-4. run for real on the tiny model (prep -> finetune -> evaluate -> optimize -> register, each once), every
+5. run for real on the tiny model (prep -> finetune -> evaluate -> optimize -> register, each once), every
    step writes every declared output with the files docs/architecture.md promises.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
+import math
 import os
 import re
 import subprocess
@@ -24,6 +30,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from slmops import contract
 from slmops.errors import run_main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,7 +82,28 @@ def step_parser(step: str, monkeypatch) -> argparse.ArgumentParser:
     return exc.value.parser
 
 
-# ---- 1. the YAML loads and validates with azure-ai-ml ---------------------------------------------------------
+def step_contract(step: str) -> contract.Component:
+    return importlib.import_module(f"slmops.steps.{step}").CONTRACT
+
+
+@functools.cache
+def azure_inputs(step: str) -> dict[str, dict]:
+    """The component's inputs as azure-ai-ml loads them (defaults and bounds as text), as the pipeline loader
+    sees them."""
+    from azure.ai.ml import load_component
+
+    return load_component(source=ROOT / "components" / step / "component.yaml")._to_dict()["inputs"]
+
+
+# ---- 1. the YAML is rendered from the contract, loads and validates with azure-ai-ml ------------------------
+
+@pytest.mark.parametrize("step", STEPS)
+def test_component_yaml_is_rendered_from_the_step_contract(step):
+    rendered = contract.render_yaml(step_contract(step))
+    on_disk = (ROOT / "components" / step / "component.yaml").read_text()
+    assert on_disk == rendered, (f"components/{step}/component.yaml is stale or edited by hand; edit "
+                                 f"slmops.steps.{step}.CONTRACT and run: python -m slmops.contract --write components/")
+
 
 @pytest.mark.parametrize("step", STEPS)
 def test_component_loads_and_validates_with_azure_ai_ml(step):
@@ -91,7 +119,62 @@ def test_component_loads_and_validates_with_azure_ai_ml(step):
     assert set(component.outputs) == set(spec(step)["outputs"])
 
 
-# ---- 2. command line, --help and argparse agree with the YAML ------------------------------------------------
+# ---- 2. bounds and enums: the step and the pipeline validator accept and reject alike -------------------------
+
+def _bound_cases() -> list[tuple[str, str, object, bool]]:
+    """(step, input, value, accepted): every enum value, every min/max on the bound, and just beyond each."""
+    cases = []
+    for step in STEPS:
+        for inp in step_contract(step).inputs:
+            if inp.enum is not None:
+                cases += [(step, inp.name, value, True) for value in inp.enum]
+                cases.append((step, inp.name, inp.enum[0].upper(), False))  # enum values are case-sensitive
+            for bound, beyond in (("min", -math.inf), ("max", math.inf)):
+                value = getattr(inp, bound)
+                if value is None:
+                    continue
+                if inp.type == "integer":
+                    outside = value + (1 if beyond > 0 else -1)
+                else:  # the next float past the bound: bounds are inclusive, exactly
+                    value, outside = float(value), math.nextafter(float(value), beyond)
+                cases += [(step, inp.name, value, True), (step, inp.name, outside, False)]
+    return cases
+
+
+BOUND_CASES = _bound_cases()
+
+
+def _required_argv(step: str, root: Path) -> list[str]:
+    """Every required flag, with paths that do not exist (the step fails, but only after its argument checks)."""
+    c = step_contract(step)
+    required = [i.name for i in c.inputs if i.default is None and not i.optional] + [o.name for o in c.outputs]
+    return [arg for name in required for arg in (f"--{name}", str(root / "out" / name))]
+
+
+@pytest.mark.parametrize("step,name,value,accepted", BOUND_CASES,
+                         ids=[f"{s}.{n}={v!r}-{'ok' if a else 'rejected'}" for s, n, v, a in BOUND_CASES])
+def test_bounds_and_enums_are_enforced_alike_by_the_step_and_the_pipeline_validator(step, name, value, accepted,
+                                                                                     tmp_path, capsys, monkeypatch):
+    module = importlib.import_module(f"slmops.steps.{step}")
+    argv = _required_argv(step, tmp_path) + [f"--{name}={value}"]  # '=': argparse takes -5e-324 for a flag
+    by_step = contract.check_values(module.CONTRACT, module.build_parser().parse_args(argv))
+    by_pipeline: list[str] = []
+    assert contract.coerce(azure_inputs(step)[name], str(value), f"--{name}", by_pipeline) == value
+    if accepted:
+        assert by_step == [] and by_pipeline == []
+        return
+    assert len(by_step) == 1 and by_step[0].startswith(f"--{name}: {value!r} is "), by_step
+    assert by_pipeline == by_step  # the same words from the YAML as azure-ai-ml loads it
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(SystemExit) as exc:
+        run_main(module.main, argv)
+    assert exc.value.code == 2
+    assert by_step[0] in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+# ---- 3. command line, --help and argparse agree with the YAML ------------------------------------------------
 
 @pytest.mark.parametrize("step", STEPS)
 def test_command_passes_every_input_and_output_by_its_own_flag(step):
@@ -160,7 +243,7 @@ def test_argparse_defaults_types_and_required_flags_match_the_yaml(step, monkeyp
     assert not problems, problems
 
 
-# ---- 3. bad input exits 2 and writes nothing ------------------------------------------------------------------
+# ---- 4. bad input exits 2 and writes nothing ------------------------------------------------------------------
 
 def _outputs(step, root: Path) -> dict[str, Path]:
     return {name: root / "out" / name for name in spec(step)["outputs"]}
@@ -198,7 +281,7 @@ def test_bad_input_exits_2_with_a_clear_message_and_writes_nothing(step, case, t
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-# ---- 4. every step writes every declared output ---------------------------------------------------------------
+# ---- 5. every step writes every declared output ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory, prepared_data, finetuned, tiny_model):

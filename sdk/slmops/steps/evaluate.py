@@ -19,7 +19,8 @@ import argparse
 import json
 from pathlib import Path
 
-from slmops import generation, metrics, models, tracking
+from slmops import contract, generation, metrics, models, tracking
+from slmops.contract import Component, Input, Output
 from slmops.errors import UserError, run_main
 from slmops.io import atomic_dir, write_json
 
@@ -28,32 +29,38 @@ OVERFIT_TOLERANCE = 0.01  # validation loss must end > 1 % above its best to cou
 EXAMPLES_IN_REPORT = 5
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m slmops.steps.evaluate", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--test_data", required=True, help="prep's output_data folder; validation.jsonl is scored")
-    ap.add_argument("--model", required=True, help="the fine-tuned model: MLflow model folder, HF folder or adapter")
-    ap.add_argument("--base_model", help="the base model folder (HF or MLflow layout); or use --base_model_id")
-    ap.add_argument("--base_model_id", help="the base model as a Hugging Face hub id; or use --base_model")
-    ap.add_argument("--train_metrics", help="finetune's metrics folder (train_history.json) for the loss curves")
-    ap.add_argument("--task", default="classification", choices=TASKS, help="which metrics to compute")
-    ap.add_argument("--max_new_tokens", type=int, default=16, help="greedy decoding length limit (>= 1)")
-    ap.add_argument("--max_samples", type=int, default=0, help="score at most N examples (0 = all)")
-    ap.add_argument("--batch_size", type=int, default=16, help="prompts per generate/forward call (>= 1)")
-    ap.add_argument("--metrics", required=True, help="output folder: metrics.json, report.md, PNG plots")
-    return ap.parse_args(argv)
+CONTRACT = Component(
+    name="evaluate", display_name="slmops: evaluate base vs fine-tuned",
+    description="Score the base and the fine-tuned model on the same held-out data: classification (accuracy, "
+                "macro-F1, confusion matrix) or generation (perplexity, BLEU, ROUGE-L); report the difference and "
+                "warn of over-fitting. Writes metrics.json and report.md with PNG plots; logs them to MLflow.",
+    inputs=[
+        Input("test_data", "uri_folder", "prep's output_data (validation.jsonl is scored)."),
+        Input("model", "mlflow_model", "The fine-tuned model (finetune's model output): MLflow model folder, "
+              "Hugging Face folder or adapter."),
+        Input("base_model", "custom_model", "The base model folder (Hugging Face or MLflow layout); or give "
+              "base_model_id.", optional=True),
+        Input("base_model_id", "string", "The base model as a Hugging Face hub id; or give base_model.",
+              optional=True),
+        Input("train_metrics", "uri_folder", "finetune's metrics output (train_history.json: loss curves, "
+              "over-fitting check).", optional=True),
+        Input("task", "string", "Which metrics to compute.", default="classification", enum=TASKS),
+        Input("max_new_tokens", "integer", "Greedy decoding length limit.", default=16, min=1),
+        Input("max_samples", "integer", "Score at most N examples (0 = all).", default=0, min=0),
+        Input("batch_size", "integer", "Prompts per generate/forward call.", default=16, min=1),
+    ],
+    outputs=[Output("metrics", "metrics.json, report.md, PNG plots")],
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return contract.parser(CONTRACT, doc=__doc__)
 
 
 def validate(args) -> tuple[list[dict], list[dict]]:
     """Check every argument and read the inputs; raise one UserError listing every problem.
     Returns (held-out rows, train history; [] when --train_metrics is not given)."""
-    problems = []
-    if args.max_new_tokens < 1:
-        problems.append(f"--max_new_tokens {args.max_new_tokens}: must be >= 1")
-    if args.max_samples < 0:
-        problems.append(f"--max_samples {args.max_samples}: must be >= 0 (0 = all)")
-    if args.batch_size < 1:
-        problems.append(f"--batch_size {args.batch_size}: must be >= 1")
+    problems = contract.check_values(CONTRACT, args)  # enum, min/max
     if bool(args.base_model) == bool(args.base_model_id):
         problems.append("pass exactly one of --base_model (a folder) and --base_model_id (a hub id); "
                         f"got base_model={args.base_model!r}, base_model_id={args.base_model_id!r}")
@@ -227,7 +234,7 @@ def report_markdown(result: dict, base_ref: str, model_ref: str, plots: list[str
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     rows, history = validate(args)
     base_ref = args.base_model or args.base_model_id
     special = models.load_tokenizer(args.model).all_special_tokens

@@ -29,7 +29,8 @@ import os
 import shutil
 from pathlib import Path
 
-from slmops import tracking
+from slmops import contract, tracking
+from slmops.contract import Component, Input, Output
 from slmops.errors import UserError, run_main
 from slmops.io import atomic_dir, write_json
 from slmops.models import TINY_MARKER, load_causal_lm, load_tokenizer, resolve
@@ -39,56 +40,72 @@ from slmops.training import (DEEPSPEED_CONFIGS, choose_precision, hardware, late
 METHODS = ["full", "lora", "qlora", "dora"]
 BATCHING = ["padding_free", "packing", "padding"]
 SCHEDULERS = ["cosine", "linear", "constant", "constant_with_warmup"]
+PRECISIONS = ["auto", "fp32", "fp16", "bf16"]
 
 
-def _bool(text: str) -> bool:
-    if text.lower() in ("true", "1", "yes"):
-        return True
-    if text.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean; use true or false")
+CONTRACT = Component(
+    name="finetune", display_name="slmops: fine-tune", environment="azureml:slmops-gpu@latest",
+    description="Fine-tune a causal LM on prep's output: full, LoRA, QLoRA (4-bit NF4) or DoRA. Completion-only "
+                "loss, padding-free or packed batches with attention isolated per example, precision from the "
+                "hardware, evaluation/early stopping/checkpoints, resume from the latest checkpoint. Runs under "
+                "torchrun (distribution: pytorch) and DeepSpeed ZeRO on Azure ML. Outputs the PEFT adapter and the "
+                "merged model as an MLflow model.",
+    inputs=[
+        Input("train_data", "uri_folder", "prep's output_data (train.jsonl, validation.jsonl)."),
+        Input("base_model", "custom_model", "Base model folder (Hugging Face or MLflow transformers layout).",
+              optional=True),
+        Input("base_model_id", "string", "Base model hub id (give this or base_model, not both).", optional=True),
+        Input("method", "string", "Full fine-tuning, LoRA, QLoRA (4-bit NF4 base, needs bitsandbytes) or DoRA.",
+              default="lora", enum=METHODS),
+        Input("lora_r", "integer", "LoRA rank.", default=16, min=1),
+        Input("lora_alpha", "number", "LoRA scaling alpha.", default=32),
+        Input("lora_dropout", "number", "Dropout on the LoRA path.", default=0.05, min=0.0, max=0.9),
+        Input("target_modules", "string", "Comma-separated module names, or all-linear.", default="all-linear"),
+        Input("modules_to_save", "string", "Comma-separated modules trained fully and saved with the adapter "
+              "(e.g. lm_head).", optional=True),
+        Input("learning_rate", "number", "Peak learning rate.", default=2e-4, min=1e-8),
+        Input("lr_scheduler", "string", "Learning-rate schedule after the warm-up.", default="cosine",
+              enum=SCHEDULERS),
+        Input("warmup_ratio", "number", "Fraction of the steps for linear warm-up.", default=0.03, min=0.0, max=0.5),
+        Input("num_epochs", "number", "Epochs (ignored when max_steps > 0).", default=1, min=0.0),
+        Input("max_steps", "integer", "Stop after this many optimizer steps (-1 = use num_epochs).", default=-1,
+              min=-1),
+        Input("batch_size", "integer", "Examples per device per step.", default=8, min=1),
+        Input("gradient_accumulation_steps", "integer", "Micro-batches per optimizer step.", default=1, min=1),
+        Input("gradient_checkpointing", "boolean", "Recompute activations in the backward pass (true/false).",
+              default=False),
+        Input("precision", "string", "auto = bf16 on GPUs that support it, else fp16 on CUDA, fp32 on CPU.",
+              default="auto", enum=PRECISIONS),
+        Input("batching", "string", "padding_free (examples concatenated, attention kept inside each), packing "
+              "(best-fit rows, same isolation) or padding (dynamic padding).", default="padding_free",
+              enum=BATCHING),
+        Input("completion_only_loss", "boolean", "Loss on completion tokens only (true/false).", default=True),
+        Input("eval_steps", "integer", "Evaluate on validation.jsonl every N steps (0 = never).", default=50, min=0),
+        Input("save_steps", "integer", "Checkpoint every N steps (0 = never).", default=50, min=0),
+        Input("logging_steps", "integer", "Log metrics every N steps.", default=10, min=1),
+        Input("early_stopping_patience", "integer", "Stop after this many evaluations without a lower eval_loss "
+              "(0 = off).", default=0, min=0),
+        Input("deepspeed", "string", "DeepSpeed ZeRO stage (config shipped in slmops/deepspeed; needs the GPU "
+              "image).", default="none", enum=["none", *DEEPSPEED_CONFIGS]),
+        Input("seed", "integer", "Seed for weights init, data order and dropout.", default=42),
+    ],
+    outputs=[
+        Output("adapter", "The PEFT adapter folder (for full: a README saying there is none)."),
+        Output("model", "The merged model, MLflow transformers layout.", type="mlflow_model"),
+        Output("metrics", "train_history.json and train_summary.json."),
+        Output("checkpoints", "Checkpoints every save_steps; a restarted step resumes from the latest one."),
+    ],
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m slmops.steps.finetune", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--train_data", required=True, help="prep's output_data folder (train.jsonl, validation.jsonl)")
-    ap.add_argument("--base_model", help="base model folder (Hugging Face or MLflow transformers layout)")
-    ap.add_argument("--base_model_id", help="base model hub id (instead of --base_model)")
-    ap.add_argument("--method", default="lora", help=f"one of {METHODS}")
-    ap.add_argument("--lora_r", type=int, default=16, help="LoRA rank (>= 1)")
-    ap.add_argument("--lora_alpha", type=float, default=32, help="LoRA scaling alpha")
-    ap.add_argument("--lora_dropout", type=float, default=0.05, help="dropout on the LoRA path, 0..0.9")
-    ap.add_argument("--target_modules", default="all-linear", help="comma-separated module names, or all-linear")
-    ap.add_argument("--modules_to_save", help="comma-separated modules trained fully and saved with the adapter")
-    ap.add_argument("--learning_rate", type=float, default=2e-4, help="peak learning rate")
-    ap.add_argument("--lr_scheduler", default="cosine", help=f"one of {SCHEDULERS}")
-    ap.add_argument("--warmup_ratio", type=float, default=0.03, help="fraction of steps for linear warm-up, 0..0.5")
-    ap.add_argument("--num_epochs", type=float, default=1, help="epochs (ignored when --max_steps > 0)")
-    ap.add_argument("--max_steps", type=int, default=-1, help="optimizer steps (-1 = use --num_epochs)")
-    ap.add_argument("--batch_size", type=int, default=8, help="examples per device per step")
-    ap.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer step")
-    ap.add_argument("--gradient_checkpointing", type=_bool, default=False, help="recompute activations (true/false)")
-    ap.add_argument("--precision", default="auto", help="auto, fp32, fp16 or bf16")
-    ap.add_argument("--batching", default="padding_free", help=f"one of {BATCHING}")
-    ap.add_argument("--completion_only_loss", type=_bool, default=True, help="loss on completion tokens only")
-    ap.add_argument("--eval_steps", type=int, default=50, help="evaluate every N steps (0 = never)")
-    ap.add_argument("--save_steps", type=int, default=50, help="checkpoint every N steps (0 = never)")
-    ap.add_argument("--logging_steps", type=int, default=10, help="log metrics every N steps")
-    ap.add_argument("--early_stopping_patience", type=int, default=0,
-                    help="stop after N evaluations without a lower eval_loss (0 = off)")
-    ap.add_argument("--deepspeed", default="none", help="none, zero2 or zero3 (config shipped in slmops/deepspeed)")
-    ap.add_argument("--seed", type=int, default=42, help="seed for weights init, data order and dropout")
-    ap.add_argument("--adapter", required=True, help="output: PEFT adapter folder")
-    ap.add_argument("--model", required=True, help="output: merged model, MLflow transformers layout")
-    ap.add_argument("--metrics", required=True, help="output: train_history.json and train_summary.json")
-    ap.add_argument("--checkpoints", required=True, help="output: checkpoints; resumed from when present")
-    return ap
+    return contract.parser(CONTRACT, doc=__doc__)
 
 
 def validate(args) -> None:
-    """Check every argument and the inputs on disk; raise one UserError listing every problem."""
-    problems = []
+    """Check every argument and the inputs on disk; raise one UserError listing every problem. Single values
+    (enum, min/max) are checked by the contract; here what involves several flags, the disk or the installation."""
+    problems = contract.check_values(CONTRACT, args)
     data = Path(args.train_data)
     for name in ("train.jsonl", "validation.jsonl"):
         if not (data / name).is_file():
@@ -108,26 +125,10 @@ def validate(args) -> None:
             resolve(args.base_model)
         except UserError as exc:
             problems.append(f"--base_model: {exc}")
-    choices = {"method": METHODS, "batching": BATCHING, "lr_scheduler": SCHEDULERS,
-               "precision": ["auto", "fp32", "fp16", "bf16"], "deepspeed": ["none", *DEEPSPEED_CONFIGS]}
-    for name, allowed in choices.items():
-        if getattr(args, name) not in allowed:
-            problems.append(f"--{name} {getattr(args, name)!r} is not one of {allowed}")
-    minimums = {"lora_r": 1, "batch_size": 1, "gradient_accumulation_steps": 1, "logging_steps": 1,
-                "eval_steps": 0, "save_steps": 0, "early_stopping_patience": 0}
-    for name, low in minimums.items():
-        if getattr(args, name) < low:
-            problems.append(f"--{name} {getattr(args, name)} must be >= {low}")
-    if not 0.0 <= args.lora_dropout <= 0.9:
-        problems.append(f"--lora_dropout {args.lora_dropout} must be between 0 and 0.9")
-    if not 0.0 <= args.warmup_ratio <= 0.5:
-        problems.append(f"--warmup_ratio {args.warmup_ratio} must be between 0 and 0.5")
-    if args.learning_rate <= 0:
-        problems.append(f"--learning_rate {args.learning_rate} must be > 0")
     if args.max_steps <= 0 and args.num_epochs <= 0:
         problems.append(f"--max_steps {args.max_steps} and --num_epochs {args.num_epochs}: give max_steps > 0 or "
                         "num_epochs > 0")
-    if args.max_steps == 0 or args.max_steps < -1:
+    if args.max_steps == 0:  # below -1: the contract's min
         problems.append(f"--max_steps {args.max_steps} must be -1 (use num_epochs) or > 0")
     if args.early_stopping_patience > 0:
         if args.eval_steps == 0:

@@ -25,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from slmops import generation, metrics, models, tracking
+from slmops import contract, generation, metrics, models, tracking
+from slmops.contract import Component, Input, Output
 from slmops.errors import UserError, run_main
 from slmops.io import atomic_dir, write_json
 
@@ -42,33 +43,40 @@ TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json"]
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m slmops.steps.optimize", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="the merged model: MLflow model folder or Hugging Face folder")
-    ap.add_argument("--test_data", required=True, help="prep's output_data folder; validation.jsonl is scored")
-    ap.add_argument("--precision", default="int4", choices=PRECISIONS, help="ONNX weight precision")
-    ap.add_argument("--execution_provider", default="cpu", choices=PROVIDERS, help="ONNX Runtime execution provider")
-    ap.add_argument("--task", default="classification", choices=TASKS, help="how accuracy is scored")
-    ap.add_argument("--max_new_tokens", type=int, default=16, help="greedy decoding length limit for accuracy (>= 1)")
-    ap.add_argument("--max_samples", type=int, default=200, help="score at most N held-out examples (0 = all)")
-    ap.add_argument("--speed_prompts", type=int, default=20, help="prompts timed for decode speed (>= 1)")
-    ap.add_argument("--speed_tokens", type=int, default=64, help="new tokens generated per timed prompt (>= 1)")
-    ap.add_argument("--onnx_model", required=True, help="output folder for the ORT GenAI model")
-    ap.add_argument("--report", required=True, help="output folder for optimize_report.json")
-    return ap.parse_args(argv)
+CONTRACT = Component(
+    name="optimize", display_name="slmops: optimize for ONNX Runtime GenAI",
+    description="Build an ONNX Runtime GenAI model (fp32/int8/int4 for cpu/cuda/dml) from the merged model with ORT "
+                "GenAI's model builder; re-measure task accuracy with ORT GenAI on held-out data and decode tokens/s "
+                "against PyTorch generate in the same run. Writes the model folder and optimize_report.json.",
+    inputs=[
+        Input("model", "mlflow_model", "The merged model (finetune's model output): MLflow model folder or Hugging "
+              "Face folder."),
+        Input("test_data", "uri_folder", "prep's output_data (validation.jsonl is scored)."),
+        Input("precision", "string", "ONNX weight precision.", default="int4", enum=PRECISIONS),
+        Input("execution_provider", "string", "ONNX Runtime execution provider.", default="cpu", enum=PROVIDERS),
+        Input("task", "string", "How accuracy is scored (generation: ROUGE-L).", default="classification",
+              enum=TASKS),
+        Input("max_new_tokens", "integer", "Greedy decoding length limit for accuracy.", default=16, min=1),
+        Input("max_samples", "integer", "Score at most N held-out examples (0 = all).", default=200, min=0),
+        Input("speed_prompts", "integer", "Prompts timed for decode speed.", default=20, min=1),
+        Input("speed_tokens", "integer", "New tokens generated per timed prompt.", default=64, min=1),
+    ],
+    outputs=[
+        Output("onnx_model", "The ORT GenAI model folder (with the tokenizer files)."),
+        Output("report", "optimize_report.json"),
+    ],
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return contract.parser(CONTRACT, doc=__doc__)
 
 
 def validate(args) -> tuple[models.ModelSource, list[dict]]:
     """Check every argument and read the inputs; raise one UserError listing every problem."""
     import onnxruntime_genai as og
 
-    problems = []
-    for flag in ["max_new_tokens", "speed_prompts", "speed_tokens"]:
-        if getattr(args, flag) < 1:
-            problems.append(f"--{flag} {getattr(args, flag)}: must be >= 1")
-    if args.max_samples < 0:
-        problems.append(f"--max_samples {args.max_samples}: must be >= 0 (0 = all)")
+    problems = contract.check_values(CONTRACT, args)  # enum, min/max
     if args.execution_provider in PROVIDER_RUNTIME:
         check, install = PROVIDER_RUNTIME[args.execution_provider]
         if not getattr(og, check)():
@@ -158,7 +166,7 @@ def folder_mb(folder: Path) -> float:
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     source, rows = validate(args)
     import onnxruntime_genai as og
     import torch

@@ -22,7 +22,8 @@ import argparse
 import json
 from pathlib import Path
 
-from slmops import data, tracking
+from slmops import contract, data, tracking
+from slmops.contract import Component, Input, Output
 from slmops.errors import UserError, run_main
 from slmops.io import atomic_dir, write_json
 from slmops.models import load_tokenizer
@@ -30,50 +31,64 @@ from slmops.models import load_tokenizer
 MIN_EXAMPLES = 10
 
 
+SOURCE = "data source (exactly one)"
+MODEL = "base model whose tokenizer is used (exactly one)"
+FORMAT = "format"
+CONTRACT = Component(
+    name="prep", display_name="slmops: prepare data",
+    description="Load a local JSON/JSONL/CSV/Parquet file or folder, or a Hugging Face dataset split (train[:4096]); "
+                "render a text template, prompt/completion columns or chat messages; drop duplicates; hold out a "
+                "(stratified) validation split; tokenize with the base model's tokenizer; reject bad rows naming "
+                "file, line and field. Writes train.jsonl, validation.jsonl and data_report.json.",
+    inputs=[
+        Input("data", "uri_file", "A local JSON (array of records), JSONL, CSV or Parquet file.",
+              optional=True, group=SOURCE),
+        Input("data_dir", "uri_folder", "A folder of JSON/JSONL/CSV/Parquet files (read recursively, sorted by path; "
+              "hidden files ignored).", optional=True, group=SOURCE),
+        Input("dataset_name", "string", "A Hugging Face dataset name (needs the network or the HF cache).",
+              optional=True, group=SOURCE),
+        Input("dataset_split", "string", "Split with optional slice, e.g. train[:4096], train[4096:4224], "
+              "train[:10%]. Local data is one split named train, sliced the same way.",
+              default="train", quote='"', group=SOURCE),
+        Input("base_model", "custom_model", "Base model folder (Hugging Face or MLflow layout); its tokenizer is used.",
+              optional=True, group=MODEL),
+        Input("base_model_id", "string", "Base model hub id, e.g. microsoft/Phi-3.5-mini-instruct (give this or "
+              "base_model, not both).", optional=True, group=MODEL),
+        Input("format", "string", "template ({field} placeholders), prompt_completion (two columns) or messages "
+              "(chat turns rendered with the base model's chat template).",
+              default="template", enum=data.FORMATS, group=FORMAT),
+        Input("template", "string", "Text with {field} placeholders; the last placeholder starts the completion "
+              "(format template). The two characters \\n and \\t are read as newline and tab. The command line "
+              "quotes it with single quotes, so it cannot contain one (write ’ or use prompt_completion).",
+              optional=True, quote="'", group=FORMAT),
+        Input("prompt_column", "string", "Prompt column (format prompt_completion).", default="prompt", group=FORMAT),
+        Input("completion_column", "string", "Completion column (format prompt_completion).",
+              default="completion", group=FORMAT),
+        Input("messages_column", "string", "Column of [{role, content}] turns ending with the assistant's answer "
+              "(format messages).", default="messages", group=FORMAT),
+        Input("label_column", "string", "Column holding the class label: stratifies the split and is kept as "
+              "label for classification metrics.", optional=True, group=FORMAT),
+        Input("validation_fraction", "number", "Share held out for validation (stratified by label_column when "
+              "given).", default=0.1, min=0.0, max=0.5),
+        Input("max_seq_len", "integer", "Longest example in tokens (prompt + completion + eos).", default=512, min=8),
+        Input("on_too_long", "string", "Longer examples fail the step (error), or lose the start of the prompt, "
+              "then the end of the completion if it alone does not fit (truncate).",
+              default="error", enum=["error", "truncate"]),
+        Input("max_rows", "integer", "Use only the first N rows after the split slice (0 = all).", default=0, min=0),
+        Input("seed", "integer", "Seed of the validation hold-out.", default=42),
+    ],
+    outputs=[Output("output_data", "train.jsonl, validation.jsonl, data_report.json")],
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m slmops.steps.prep", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = ap.add_argument_group("data source (exactly one)")
-    src.add_argument("--data", help="a local .jsonl, .json (array of records), .csv or .parquet file")
-    src.add_argument("--data_dir", help="a folder of data files (read recursively, sorted by path)")
-    src.add_argument("--dataset_name", help="a Hugging Face dataset name (needs the network or the HF cache)")
-    src.add_argument("--dataset_split", default="train",
-                     help="split with optional slice: 'train', 'train[:4096]', 'train[4096:4224]', "
-                          "'train[:10%%]'; local data is a single split named 'train' (default: train)")
-    model = ap.add_argument_group("base model whose tokenizer is used (exactly one)")
-    model.add_argument("--base_model", help="model folder (Hugging Face or MLflow layout)")
-    model.add_argument("--base_model_id", help="model hub id, e.g. microsoft/Phi-3.5-mini-instruct")
-    fmt = ap.add_argument_group("format")
-    fmt.add_argument("--format", default="template", choices=data.FORMATS,
-                     help="how rows become prompt/completion (default: template)")
-    fmt.add_argument("--template",
-                     help="text with {column} placeholders; the last placeholder starts the completion; "
-                          "the two characters \\n and \\t are read as newline and tab (format template)")
-    fmt.add_argument("--prompt_column", default="prompt", help="prompt column (format prompt_completion)")
-    fmt.add_argument("--completion_column", default="completion",
-                     help="completion column (format prompt_completion)")
-    fmt.add_argument("--messages_column", default="messages",
-                     help="column of [{role, content}, ...] turns (format messages)")
-    fmt.add_argument("--label_column",
-                     help="class label column: stratifies the split and is kept as 'label' for metrics")
-    ap.add_argument("--validation_fraction", type=float, default=0.1,
-                    help="share of examples held out for validation, 0 to 0.5 (default: 0.1)")
-    ap.add_argument("--max_seq_len", type=int, default=512,
-                    help="longest example in tokens, prompt + completion + eos (default: 512)")
-    ap.add_argument("--on_too_long", default="error", choices=["error", "truncate"],
-                    help="longer examples: report them (error), or cut the start of the prompt, then the end of "
-                         "the completion if it alone does not fit (truncate) (default: error)")
-    ap.add_argument("--max_rows", type=int, default=0,
-                    help="use only the first N rows after the split slice, 0 = all (default: 0)")
-    ap.add_argument("--seed", type=int, default=42, help="seed of the validation hold-out (default: 42)")
-    ap.add_argument("--output_data", required=True,
-                    help="output folder: train.jsonl, validation.jsonl, data_report.json")
-    return ap
+    return contract.parser(CONTRACT, doc=__doc__)
 
 
 def check_args(args: argparse.Namespace) -> list[str]:
-    """Every problem with the arguments themselves (before any data is read)."""
-    problems = []
+    """Every problem with the arguments themselves (before any data is read): the contract's enum/min/max
+    checks, then what involves several flags or the disk."""
+    problems = contract.check_values(CONTRACT, args)
     sources = [f"--{k}" for k in ("data", "data_dir", "dataset_name") if getattr(args, k)]
     if len(sources) != 1:
         problems.append(f"give exactly one of --data, --data_dir, --dataset_name (got {sources or 'none'})")
@@ -100,12 +115,6 @@ def check_args(args: argparse.Namespace) -> list[str]:
     elif args.template:
         problems.append(f"--template is only used with --format template (got --format {args.format}); "
                         "drop one of them")
-    if not 0.0 <= args.validation_fraction <= 0.5:
-        problems.append(f"--validation_fraction {args.validation_fraction} is outside 0..0.5; e.g. 0.1")
-    if args.max_seq_len < 8:
-        problems.append(f"--max_seq_len {args.max_seq_len} is below 8; e.g. 512")
-    if args.max_rows < 0:
-        problems.append(f"--max_rows {args.max_rows} is negative; use 0 for all rows")
     return problems
 
 

@@ -29,7 +29,8 @@ import subprocess
 from pathlib import Path
 
 import slmops
-from slmops import registry, tracking
+from slmops import contract, registry, tracking
+from slmops.contract import Component, Input, Output
 from slmops.errors import GateFailed, UserError, run_main
 from slmops.io import atomic_dir, write_json
 
@@ -38,24 +39,42 @@ _ALIAS_RE = re.compile(r"^[\w\-]+$")
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m slmops.steps.register", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="finetune's model output (MLflow model folder with MLmodel)")
-    ap.add_argument("--eval_metrics", required=True, help="evaluate's metrics output (folder with metrics.json)")
-    ap.add_argument("--train_data", required=True, help="prep's output_data (folder with data_report.json)")
-    ap.add_argument("--onnx_model", help="optimize's onnx_model folder; registered as <model_name>-onnx")
-    ap.add_argument("--optimize_report", help="optimize's report output (folder with optimize_report.json)")
-    ap.add_argument("--base_model", help="base model folder the model was tuned from (recorded as lineage)")
-    ap.add_argument("--base_model_id", help="base model hub id (recorded as lineage; wins over --base_model)")
-    ap.add_argument("--model_name", default="slmops-model", help="registered model name (default: %(default)s)")
-    ap.add_argument("--min_accuracy", type=float, help="gate: minimum fine-tuned accuracy, 0..1")
-    ap.add_argument("--min_gain", type=float, help="gate: minimum fine-tuned minus base accuracy, -1..1")
-    ap.add_argument("--max_optimized_drop", type=float,
-                    help="gate: maximum accuracy lost by the ONNX model (optimize_report accuracy_drop), 0..1")
-    ap.add_argument("--alias", default="candidate", help="alias set on the new versions (default: %(default)s)")
-    ap.add_argument("--registration", required=True, help="output folder for registration.json")
-    return ap.parse_args(argv)
+CONTRACT = Component(
+    name="register", display_name="slmops: gate and register",
+    description="Check the quality gate (minimum accuracy, minimum gain over base, maximum accuracy drop after "
+                "optimization); when it passes, register the fine-tuned model (and the ONNX model) in the MLflow "
+                "registry with lineage tags and the alias `candidate`. A failed gate fails the step and registers "
+                "nothing.",
+    inputs=[
+        Input("model", "mlflow_model", "finetune's model output (MLflow model folder); registered unchanged as "
+              "<model_name>."),
+        Input("eval_metrics", "uri_folder", "evaluate's metrics output (metrics.json is read by the gate and "
+              "recorded as tags)."),
+        Input("train_data", "uri_folder", "prep's output_data (the dataset content hash in data_report.json is "
+              "recorded)."),
+        Input("onnx_model", "uri_folder", "optimize's onnx_model output; registered unchanged as <model_name>-onnx.",
+              optional=True),
+        Input("optimize_report", "uri_folder", "optimize's report output (optimize_report.json; needed by "
+              "max_optimized_drop).", optional=True),
+        Input("base_model", "custom_model", "The base model folder (recorded as lineage).", optional=True),
+        Input("base_model_id", "string", "The base model hub id (recorded as lineage; wins over base_model).",
+              optional=True),
+        Input("model_name", "string", "Registered model name (letters, digits, '.', '_' and '-').",
+              default="slmops-model"),
+        Input("min_accuracy", "number", "Gate: fine-tuned accuracy must be at least this.", optional=True,
+              min=0.0, max=1.0),
+        Input("min_gain", "number", "Gate: fine-tuned minus base accuracy must be at least this.", optional=True,
+              min=-1.0, max=1.0),
+        Input("max_optimized_drop", "number", "Gate: accuracy lost by the ONNX model (optimize_report "
+              "accuracy_drop) must be at most this.", optional=True, min=0.0, max=1.0),
+        Input("alias", "string", "Alias set on the new versions (moved there if it exists).", default="candidate"),
+    ],
+    outputs=[Output("registration", "registration.json (names, versions, gate checks, lineage)")],
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return contract.parser(CONTRACT, doc=__doc__)
 
 
 def _read_json(folder: str | None, filename: str, flag: str, problems: list[str]) -> dict | None:
@@ -90,7 +109,7 @@ def _number(obj: dict | None, *keys: str):
 def validate(args: argparse.Namespace, tracking_uri: str | None) -> dict:
     """Check every argument and input file; raise one UserError listing all problems. Returns the loaded
     reports: {"metrics", "data_report", "optimize"} (optimize is None without --optimize_report)."""
-    problems: list[str] = []
+    problems = contract.check_values(CONTRACT, args)  # min/max
     if not tracking_uri:
         problems.append("MLFLOW_TRACKING_URI is not set: register needs a model registry; set it, e.g. "
                         "MLFLOW_TRACKING_URI=sqlite:///mlflow.db (the local runner and Azure ML set it)")
@@ -108,10 +127,6 @@ def validate(args: argparse.Namespace, tracking_uri: str | None) -> dict:
     if not _ALIAS_RE.match(args.alias) or args.alias == "latest" or re.fullmatch(r"[vV]\d+", args.alias):
         problems.append(f"--alias {args.alias!r}: use letters, digits, '_' and '-' only; 'latest' and 'v<N>' "
                         f"are reserved by MLflow")
-    for flag, low, high in (("min_accuracy", 0.0, 1.0), ("min_gain", -1.0, 1.0), ("max_optimized_drop", 0.0, 1.0)):
-        value = getattr(args, flag)
-        if value is not None and not low <= value <= high:
-            problems.append(f"--{flag} {value}: must be between {low} and {high}")
 
     metrics = _read_json(args.eval_metrics, "metrics.json", "eval_metrics", problems)
     data_report = _read_json(args.train_data, "data_report.json", "train_data", problems)
@@ -243,7 +258,7 @@ def register_folder(tracking_uri: str, run_id: str, folder: str, artifact_path: 
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
     reports = validate(args, tracking_uri)
     checks = gate_checks(args, reports["metrics"], reports["optimize"])
