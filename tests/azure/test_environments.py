@@ -81,7 +81,7 @@ def third_party_imports(folder: Path) -> set[str]:
                 modules.update(alias.name.split(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 modules.add(node.module.split(".")[0])
-    return {m for m in modules if m not in sys.stdlib_module_names and m not in ("slmops", "local_runner")}
+    return {m for m in modules if m not in sys.stdlib_module_names and m != "slmops"}
 
 
 def installed_closure(names: set[str]) -> set[str]:

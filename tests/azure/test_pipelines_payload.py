@@ -114,8 +114,8 @@ def test_overrides_are_applied_and_type_checked(project_envs):
 
 
 @pytest.mark.parametrize("sets, message", [
-    ({"max_steps": "ten"}, "--set max_steps='ten'"),
-    ({"learning_rate": "fast"}, "--set learning_rate='fast'"),
+    ({"max_steps": "ten"}, "--set max_steps: 'ten' is not a valid number"),
+    ({"learning_rate": "fast"}, "--set learning_rate: 'fast' is not a valid number"),
     ({"no_such_input": "1"}, "the pipeline has no input 'no_such_input'"),
     ({"data": "./definitely/missing.jsonl"}, "does not exist"),
 ])

@@ -20,7 +20,7 @@ EXPERIMENT = "runner-tests"
 
 @pytest.fixture(scope="session")
 def mlflow_db(tmp_path_factory) -> Path:
-    from local_runner.tracking import default_uri, open_tracker
+    from slmops.runner.tracking import default_uri, open_tracker
 
     store = tmp_path_factory.mktemp("mlflow-template")
     open_tracker(default_uri(store), EXPERIMENT, store)

@@ -189,7 +189,7 @@ def test_distribution_pytorch_starts_one_process_per_rank(runs):
     ("bash run.sh", None),
 ])
 def test_torchrun_argv_wraps_plain_python_commands_only(command, expected):
-    from local_runner.executor import torchrun_argv
+    from slmops.runner.executor import torchrun_argv
 
     argv = torchrun_argv(command, 2, 29500)
     if expected is None:
@@ -332,7 +332,7 @@ def test_live_display_renders_states_and_lines():
 
     from rich.console import Console
 
-    from local_runner.display import Display
+    from slmops.runner.display import Display
 
     display = Display(["a", "b"], live=True, console=Console(file=io.StringIO(), force_terminal=True, width=100))
     display.state("a", "running")

@@ -16,18 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from local_runner.sweep import (
-    Policy,
-    best_trial,
-    grid_points,
-    read_sweep,
-    run_sweep,
-    termination_reason,
-    trial_params,
-    validate_sweep,
-)
-from local_runner.trial import Trial
 from slmops.errors import UserError
+from slmops.pipeline.sweep_spec import Policy, read_sweep, validate_sweep
+from slmops.runner.sweep import best_trial, grid_points, run_sweep, termination_reason, trial_params
+from slmops.runner.trial import Trial
 
 
 def spec(**overrides) -> dict:

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import click
 
-from slmops.cli import parse_sets
 from slmops.errors import UserError
 
 WORKSPACE_OPTIONS = (
@@ -66,23 +65,27 @@ def service_errors(what: str):
 
 
 @click.command()
-@click.argument("pipeline", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("pipeline", type=click.Path(path_type=Path))
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
               help="Override a pipeline input (repeatable); checked against the pipeline's inputs.")
 @click.option("--compute", multiple=True, metavar="[NODE=]NAME",
               help="Compute cluster: NAME for the pipeline default, NODE=NAME for one step (repeatable).")
 @click.option("--experiment", help="Experiment name (default: the YAML's experiment_name).")
 @click.option("--dry-run", is_flag=True, help="Print the REST payload that would be sent as JSON; no network.")
+@click.option("--strict", is_flag=True, help="Treat warnings (inputs a component does not declare, unused pipeline "
+                                             "inputs, ...) as errors.")
 @click.option("--project-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Folder with components/ and environments/ (default: found above the pipeline file).")
 @workspace_options
 @click.pass_context
-def submit(ctx, pipeline, sets, compute, experiment, dry_run, project_dir, subscription, resource_group, workspace):
+def submit(ctx, pipeline, sets, compute, experiment, dry_run, strict, project_dir, subscription, resource_group,
+           workspace):
     """Submit PIPELINE (the same YAML `slmops run` runs) to Azure ML; print the run name and Studio URL."""
     from slmops.azure import environments, submit as submitting
+    from slmops.pipeline.overrides import parse_sets
 
-    job = submitting.load_pipeline(pipeline, parse_sets(sets), list(compute), experiment,
-                                   Path.cwd())
+    job = submitting.load_pipeline(pipeline, parse_sets(sets), list(compute), experiment, Path.cwd(), strict=strict,
+                                   echo=lambda text: click.echo(text, err=True))
     root = project_dir or environments.project_root(pipeline.resolve().parent)
     envs_used = submitting.pin_environments(job, environments.load_environments(root / "environments"))
     if dry_run:

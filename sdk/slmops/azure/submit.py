@@ -5,111 +5,33 @@
     print(json.dumps(dry_run_payload(job, envs)))        # offline: no credential, no network
     created = submit(ml_client, job, envs)                # ensures environments, then jobs.create_or_update
 
-The pipeline is loaded by azure-ai-ml itself (`load_job`), so the YAML that `slmops run` executes locally is the
-one submitted. `--set name=value` overrides are checked against the pipeline's declared inputs first (unknown
-name, wrong literal type, missing local path) and every problem is reported at once.
+The pipeline is read by the same front-end as `slmops run` and `slmops validate` (`slmops.pipeline.load`: azure-ai-ml's
+`load_job` plus our checks), so the YAML and `--set` values that run locally are the ones submitted, with the same
+problems reported.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from slmops.azure.environments import ProjectEnvironment, ensure_environment, pin_components
-from slmops.errors import UserError
 
-ASSET_TYPES = {"uri_file", "uri_folder", "custom_model", "mlflow_model", "triton_model", "mltable"}
 REMOTE_PREFIXES = ("azureml:", "https:", "http:", "wasbs:", "abfss:", "adl:", "hf:")
 TERMINAL = {"Completed", "Failed", "Canceled", "NotResponding", "Paused"}
 
 
-def _literal(text: str, kind: type):
-    if kind is bool:
-        lowered = text.strip().lower()
-        if lowered not in ("true", "false"):
-            raise ValueError("expected true or false")
-        return lowered == "true"
-    if kind is int:
-        return int(text)
-    if kind is float:
-        return float(text)
-    return text
-
-
-def _asset_path(text: str, cwd: Path) -> str:
-    if text.startswith(REMOTE_PREFIXES) or "://" in text:
-        return text
-    path = (Path(cwd) / text).resolve()
-    if not path.exists():
-        raise ValueError(f"local path {path} does not exist (give a local path or an azureml: reference)")
-    return str(path)
-
-
-def override_params(declared: dict, sets: dict[str, str], cwd: Path) -> tuple[list[dict], list[str]]:
-    """azure-ai-ml `params_override` entries for `--set` values, type-checked against the declared inputs."""
-    params, problems = [], []
-    for name, text in sets.items():
-        if name not in declared:
-            problems.append(f"--set {name}: the pipeline has no input {name!r}; inputs: {', '.join(sorted(declared))}")
-            continue
-        current = declared[name]
-        try:
-            if isinstance(current, dict) and current.get("type") in ASSET_TYPES:
-                value = {**current, "path": _asset_path(text, cwd)}
-            elif isinstance(current, bool):
-                value = _literal(text, bool)
-            elif isinstance(current, int):
-                value = _literal(text, int)
-            elif isinstance(current, float):
-                value = _literal(text, float)
-            elif isinstance(current, str) or current is None:
-                value = text
-            else:
-                raise ValueError(f"cannot override an input declared as {current!r}")
-        except ValueError as exc:
-            problems.append(f"--set {name}={text!r}: {exc} (current value: {current!r})")
-            continue
-        params.append({f"inputs.{name}": value})
-    return params, problems
-
-
-def load_pipeline(path: Path, sets: dict[str, str], compute: list[str], experiment: str | None, cwd: Path):
-    """Load the pipeline YAML with azure-ai-ml, overrides applied; every problem reported together.
+def load_pipeline(path: Path, sets: dict[str, str], compute: list[str], experiment: str | None, cwd: Path,
+                  *, strict: bool = False, echo=print):
+    """The pipeline as `slmops run` and `slmops validate` read it (`slmops.pipeline.load`), for Azure ML:
+    overrides applied, warnings printed with `echo`, every error raised together. Returns the azure-ai-ml job.
 
     `compute`: `NAME` sets the pipeline's default compute, `NODE=NAME` one node's compute.
     """
-    from azure.ai.ml import load_job
+    from slmops.pipeline.load import load, report
 
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"Pipeline file {path} does not exist. Pass a pipeline YAML such as pipelines/finetune.yaml.")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if raw.get("type") != "pipeline":
-        raise UserError(f"{path} is not a pipeline job (type: {raw.get('type')!r}). Pass a `type: pipeline` YAML.")
-    params, problems = override_params(raw.get("inputs") or {}, sets, cwd)
-    jobs = raw.get("jobs") or {}
-    for item in compute:
-        node, sep, name = item.rpartition("=")
-        target = name if name.startswith("azureml:") else f"azureml:{name}"
-        if not name:
-            problems.append(f"--compute {item!r}: expected NAME or NODE=NAME")
-        elif not sep:
-            params.append({"settings.default_compute": target})
-        elif node not in jobs:
-            problems.append(f"--compute {item}: no node {node!r}; nodes: {', '.join(sorted(jobs))}")
-        else:
-            params.append({f"jobs.{node}.compute": target})
-    if experiment:
-        params.append({"experiment_name": experiment})
-    if problems:
-        raise UserError(f"Cannot apply the overrides to {path}.", problems=problems)
-    job = load_job(source=path, params_override=params)
-    result = job._validate()
-    if not result.passed:
-        problems = [f"{where}: {message}" for where, message in sorted(result.error_messages.items())]
-        raise UserError(f"{path} is not a valid Azure ML pipeline job.", problems=problems)
-    return job
+    loaded = load(Path(path), sets, target="azure", cwd=cwd, compute=compute, experiment=experiment)
+    report(loaded, strict=strict, echo=echo)
+    return loaded.job
 
 
 def components_of(job) -> dict:

@@ -1,8 +1,8 @@
-"""One sweep trial as the runner starts it: the interface shared by the executor and `local_runner.sweep`.
+"""One sweep trial as the runner starts it: the interface shared by the executor and `slmops.runner.sweep`.
 
 The executor's `start_trial(index, params)` starts the trial component as a command step (its own outputs
 folder, its own MLflow child run nested under the sweep node's run, its own user_logs) and returns a `Trial`.
-`local_runner.sweep.run_sweep` polls it, reads its metrics from MLflow with `run_id`, and may kill it.
+`slmops.runner.sweep.run_sweep` polls it, reads its metrics from MLflow with `run_id`, and may kill it.
 
     trial = start_trial(0, {"learning_rate": 1e-4})
     while (code := trial.poll()) is None:

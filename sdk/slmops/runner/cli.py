@@ -1,6 +1,5 @@
-"""`slmops run` and `slmops validate`: Azure ML pipeline-job YAML, offline.
+"""`slmops run`: Azure ML pipeline-job YAML, offline.
 
-    slmops validate pipelines/finetune.yaml --set base_model=./tiny-model
     slmops run pipelines/finetune.yaml --set base_model=./tiny-model --run-dir runs/try1 --max-parallel 2
 
 Steps are reused across runs (content-addressed cache in `<run dir parent>/.slmops/`); MLflow records go to
@@ -17,34 +16,37 @@ from pathlib import Path
 
 import click
 
-from slmops.cli import parse_sets
-
-SET_HELP = "Override a pipeline-level input: NAME=VALUE (a path, relative to the current folder, for data inputs)."
+from slmops.pipeline.cli import SET_HELP, STRICT_HELP, echo_warning
 
 
 @click.command()
-@click.argument("pipeline", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("pipeline", type=click.Path(path_type=Path))
 @click.option("--set", "set_", multiple=True, metavar="NAME=VALUE", help=SET_HELP)
+@click.option("--strict", is_flag=True, help=STRICT_HELP)
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for this run's step logs and output links (default: runs/<pipeline>-<time>). "
                    "Its parent holds the shared .slmops/ store (step cache, MLflow database).")
 @click.option("--max-parallel", type=click.IntRange(min=1), default=2, show_default=True,
               help="How many independent steps run at the same time.")
 @click.option("--force-rerun", is_flag=True, help="Run every step, reusing nothing.")
-def run(pipeline: Path, set_: tuple[str, ...], run_dir: Path | None, max_parallel: int, force_rerun: bool):
+def run(pipeline: Path, set_: tuple[str, ...], strict: bool, run_dir: Path | None, max_parallel: int,
+        force_rerun: bool):
     """Run an Azure ML pipeline-job YAML on this machine, reusing unchanged steps."""
-    from local_runner.display import Display
-    from local_runner.executor import Executor
-    from local_runner.load import cached_graph
-    from local_runner.store import Store
-    from local_runner.tracking import default_uri, open_tracker
+    from slmops.pipeline.load import cached_graph, report
+    from slmops.pipeline.overrides import parse_sets
+    from slmops.runner.display import Display
+    from slmops.runner.executor import Executor
+    from slmops.runner.store import Store
+    from slmops.runner.tracking import default_uri, open_tracker
 
     sets = parse_sets(set_)
     if run_dir is None:
         run_dir = Path("runs") / f"{pipeline.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = run_dir.resolve()
+    loaded = cached_graph(pipeline, sets, run_dir.parent / ".slmops")
+    report(loaded, strict=strict, echo=echo_warning)          # nothing is written before the pipeline is valid
+    graph = loaded.graph
     store = Store(run_dir.parent / ".slmops")
-    graph = cached_graph(pipeline, sets, store.root)
     uri = os.environ.get("MLFLOW_TRACKING_URI") or default_uri(store.root)
     tracker = open_tracker(uri, graph.experiment_name, store.root)
     display = Display(list(graph.nodes))
@@ -66,17 +68,3 @@ def run(pipeline: Path, set_: tuple[str, ...], run_dir: Path | None, max_paralle
         click.echo(executor.failure_report(), err=True)
         sys.exit(1)
 
-
-@click.command()
-@click.argument("pipeline", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--set", "set_", multiple=True, metavar="NAME=VALUE", help=SET_HELP)
-def validate(pipeline: Path, set_: tuple[str, ...]):
-    """Check a pipeline-job YAML offline: azure-ai-ml's checks plus bindings, types, cycles, code folders."""
-    from local_runner.load import build_graph
-
-    graph, sources = build_graph(pipeline, parse_sets(set_), for_run=False)
-    kinds = {}
-    for node in graph.nodes.values():
-        kinds[node.kind] = kinds.get(node.kind, 0) + 1
-    click.echo(f"{pipeline}: valid ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))} job(s), "
-               f"{len(sources)} file(s) read)")

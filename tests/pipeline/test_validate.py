@@ -14,7 +14,6 @@ EXPECTED = [
     ("jobs.wrong_type.inputs.value", "'abc' is not a valid number"),
     ("jobs.bad_enum.inputs.mode", "'div' is not one of ['add', 'mul']"),
     ("jobs.too_big.inputs.value", "above the maximum 1000"),
-    ("jobs.misspelled.inputs.vaule", "the component has no input 'vaule'"),
     ("jobs.tune.search_space.learning_rate", "has no input 'learning_rate'"),
     ("jobs:", "cycle: cycle_a, cycle_b"),
     ("jobs.missing_code.component.code", "does_not_exist does not exist"),
@@ -30,6 +29,12 @@ def test_validate_reports_every_problem_at_once():
     for field, words in EXPECTED:
         assert any(line.strip().startswith(f"- {field}") and words in line for line in lines), (field, result.stderr)
     assert "Traceback" not in result.stderr
+    # Accepted by Azure ML, so warnings (errors only with --strict):
+    assert "warning: jobs.misspelled.inputs.vaule: the component has no input 'vaule', so Azure ML ignores it " \
+           "(did you mean 'value'?" in result.stderr
+    assert "warning: inputs.x: no job uses this pipeline input" in result.stderr
+    strict = slmops("validate", "invalid/all_errors.yaml", "--strict")
+    assert strict.returncode == 2 and f"has {len(EXPECTED) + 2} problem(s)" in strict.stderr
 
 
 def test_validate_checks_command_references():
@@ -54,7 +59,7 @@ def test_validate_accepts_good_pipelines(pipeline, words):
 
 @pytest.mark.parametrize("args, words", [
     (["--set", "nope=1"], "--set nope: the pipeline has no input 'nope'"),
-    (["--set", "x=abc"], "--set x: 'abc' is not a valid integer"),
+    (["--set", "x=abc"], "--set x: 'abc' is not a valid number"),
     (["--set", "x=5000"], "jobs.a.inputs.value: 5000 is above the maximum"),
 ])
 def test_validate_checks_set_values(args, words):

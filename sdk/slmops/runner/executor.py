@@ -28,11 +28,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from local_runner.display import Display
-from local_runner.graph import Graph, Node, toposort
-from local_runner.load import INPUT_REF, OPTIONAL, OUTPUT_REF
-from local_runner.store import Store, key_parts, step_key
-from local_runner.trial import Trial
+from slmops.runner.display import Display
+from slmops.pipeline.graph import Graph, Node, toposort
+from slmops.pipeline.checks import INPUT_REF, OPTIONAL, OUTPUT_REF
+from slmops.runner.store import Store, key_parts, step_key
+from slmops.runner.trial import Trial
 from slmops.errors import UserError
 from slmops.io import write_json
 
@@ -297,7 +297,7 @@ class Executor:
 
     def _code_hash(self, code: str | None) -> str:
         if code not in self.code_hashes:
-            self.code_hashes[code] = self.store.hash_path(code) if code else "no-code"
+            self.code_hashes[code] = self.store.hash_code(code) if code else "no-code"
         return self.code_hashes[code]
 
     def _start(self, node: Node) -> None:
@@ -361,6 +361,8 @@ class Executor:
                    MLFLOW_EXPERIMENT_ID=str(self.tracker.experiment_id), AZUREML_RUN_ID=run_id,
                    AZUREML_ROOT_RUN_ID=self.parent_run, PYTHONUNBUFFERED="1")
         env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        # `python` in a command is this interpreter (the one the reuse key describes), whatever PATH holds.
+        env["PATH"] = os.pathsep.join([str(self.store.python_shims()), env.get("PATH") or os.defpath])
         # On Azure ML each step has its node's cores to itself; here up to max_parallel steps share this machine's,
         # and two steps each spinning all-core thread pools slow each other several-fold. Share them out unless
         # the user (or the job's environment_variables) chose.
@@ -435,7 +437,7 @@ class Executor:
 
 
 class SweepHandle:
-    """A sweep node in progress: `local_runner.sweep.run_sweep` in a thread, its trials as step processes."""
+    """A sweep node in progress: `slmops.runner.sweep.run_sweep` in a thread, its trials as step processes."""
 
     def __init__(self, executor: Executor, node: Node, key: str, run_id: str, values: dict,
                  outputs: dict[str, Path], cwd: Path, lock_fd: int):
@@ -452,7 +454,7 @@ class SweepHandle:
         self.thread.start()
 
     def _run(self, spec: dict) -> None:
-        from local_runner.sweep import run_sweep
+        from slmops.runner.sweep import run_sweep
 
         try:
             self.result = run_sweep(spec, self.start_trial, lambda msg: self.ex.display.line(self.node.name, msg),

@@ -1,10 +1,11 @@
 """The on-disk store beside the run folders (`<run dir parent>/.slmops/`): content hashes, code snapshots, step cache.
 
     .slmops/
-      mlflow.db, mlartifacts/      embedded MLflow tracking (see local_runner.tracking)
-      graphs/<key>.json            resolved pipeline graphs (see local_runner.load.cached_graph)
+      mlflow.db, mlartifacts/      embedded MLflow tracking (see slmops.runner.tracking)
+      graphs/<key>.json            resolved pipeline graphs (see slmops.pipeline.load.cached_graph)
       filehash.json                sha256 per file, keyed by (path, size, mtime): big inputs are hashed once
-      snapshots/<code hash>/       copies of components' `code:` folders; a step runs inside one
+      snapshots/<code hash>/       copies of components' `code:` folders (less what `.amlignore` excludes)
+      bin/<hash>/python            `python`/`python3` shims for the interpreter steps run in (first on PATH)
       cache/<step key>/attempt/<output>/   outputs of a running or failed attempt (handed to the retry as is)
       cache/<step key>/done/<output>/      outputs of a finished step: renamed from attempt/ in one step
       cache/<step key>/done.json           what the finished step produced (output content hashes, run id)
@@ -20,14 +21,43 @@ import functools
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
 
-from local_runner.graph import Node
+from slmops.pipeline.graph import Node
 from slmops.io import write_json
 
 IGNORED = {"__pycache__", ".git", ".ipynb_checkpoints", ".pytest_cache"}
+
+
+def code_files(folder: str | os.PathLike) -> list[Path]:
+    """The files of a `code:` folder that Azure ML snapshots, relative to it, sorted.
+
+    Azure ML leaves out what the folder's `.amlignore` names (or its `.gitignore` when there is no `.amlignore`),
+    in gitignore syntax; caches (`__pycache__`, `*.pyc`, `.git`) never count. The local runner hashes and copies
+    exactly these files, so an edit to an ignored file neither re-runs a step nor changes what `submit` uploads.
+    """
+    import pathspec
+
+    folder = Path(folder)
+    spec = None
+    for name in (".amlignore", ".gitignore"):
+        if (folder / name).is_file():
+            spec = pathspec.PathSpec.from_lines("gitwildmatch", (folder / name).read_text().splitlines())
+            break
+    found = []
+    for root, dirs, files in os.walk(folder):
+        rel_root = Path(root).relative_to(folder)
+        dirs[:] = sorted(d for d in dirs if d not in IGNORED
+                         and not (spec and spec.match_file(f"{(rel_root / d).as_posix()}/")))
+        for name in sorted(files):
+            rel = rel_root / name
+            if name.endswith(".pyc") or (spec and spec.match_file(rel.as_posix())):
+                continue
+            found.append(rel)
+    return sorted(found)
 
 
 class Store:
@@ -58,6 +88,13 @@ class Store:
                 digest.update(str(full.relative_to(path)).encode() + b"\0" + self._file_sha(full).encode())
         return digest.hexdigest()
 
+    def hash_code(self, folder: str | os.PathLike) -> str:
+        """sha256 over a `code:` folder's snapshot: the relative names and contents of `code_files(folder)`."""
+        digest = hashlib.sha256()
+        for rel in code_files(folder):
+            digest.update(str(rel).encode() + b"\0" + self._file_sha(Path(folder) / rel).encode())
+        return digest.hexdigest()
+
     def _file_sha(self, path: Path) -> str:
         st = path.stat()
         key = str(path.resolve())
@@ -86,15 +123,33 @@ class Store:
             return target
         tmp = target.with_name(f".tmp-{code_hash}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        if code:
-            shutil.copytree(code, tmp, symlinks=True, ignore=shutil.ignore_patterns(*IGNORED, "*.pyc"))
-        else:
-            tmp.mkdir(parents=True)
+        tmp.mkdir(parents=True)
+        for rel in code_files(code) if code else []:
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(Path(code) / rel, tmp / rel, follow_symlinks=False)
         try:
             os.replace(tmp, target)
         except OSError:            # another run made it first
             shutil.rmtree(tmp, ignore_errors=True)
         return target
+
+    def python_shims(self, executable: str = sys.executable) -> Path:
+        """A folder holding `python` and `python3` that start `executable`: put first on a step's PATH, so the
+        `python` of a command is the interpreter its reuse key describes, whatever PATH holds (a venv need not be
+        activated). Scripts, not links: a link to a venv's python outside the venv would lose the venv."""
+        folder = self.root / "bin" / hashlib.sha256(executable.encode()).hexdigest()[:16]
+        if not (folder / "python3").exists():
+            tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            for name in ("python", "python3"):
+                (tmp / name).write_text(f'#!/bin/sh\nexec {shlex.quote(executable)} "$@"\n')
+                (tmp / name).chmod(0o755)
+            try:
+                os.replace(tmp, folder)
+            except OSError:        # another runner made it first
+                shutil.rmtree(tmp, ignore_errors=True)
+        return folder
 
     # ---------------------------------------------------------------------------------------------- step cache
     def step_dir(self, key: str) -> Path:

@@ -1,0 +1,298 @@
+"""The checks azure-ai-ml's offline `_validate()` misses, done while the loaded job is turned into a `Graph`.
+
+`Builder` walks the pipeline job as azure-ai-ml loaded it (nested pipeline components expanded into `outer.inner`
+nodes) and checks: unknown `${{parent.inputs.x}}`, unknown job/output references, literal types, enum and min/max
+(with `slmops.contract.coerce`, the rule the steps' own argument parsers use), required inputs, sweep search spaces
+naming a missing input, `${{inputs.x}}`/`${{outputs.y}}` in commands, missing `code:` folders, data paths, and what
+cannot run on this machine. Each finding is an error (what Azure ML rejects) or a warning (what Azure ML accepts
+but is probably a mistake, or what only a local run cannot do); `target` says which command asks:
+
+    "local"   `slmops run`: cloud-only data and multi-node/mpi/tensorflow jobs are errors (they cannot run here)
+    "any"     `slmops validate`: those are warnings about local execution
+    "azure"   `slmops submit`: they are fine
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from slmops.contract import coerce
+from slmops.pipeline.graph import Node
+from slmops.pipeline.overrides import DATA_TYPES
+from slmops.pipeline.sweep_spec import validate_sweep
+
+BINDING = re.compile(r"^\$\{\{\s*parent\.(?:inputs\.(?P<input>[\w.]+)|jobs\.(?P<job>\w+)\.outputs\.(?P<output>\w+)"
+                     r"|outputs\.(?P<pout>\w+))\s*\}\}$")
+OPTIONAL = re.compile(r"\$\[\[(.*?)\]\]", re.S)
+INPUT_REF = re.compile(r"\$\{\{\s*inputs\.(\w+)\s*\}\}")
+OUTPUT_REF = re.compile(r"\$\{\{\s*outputs\.(\w+)\s*\}\}")
+TARGETS = ("local", "any", "azure")
+
+
+def input_specs(component_dict: dict) -> dict[str, dict]:
+    """Input specs with azure-ai-ml's stringified defaults/bounds turned back into typed values."""
+    specs = {}
+    for name, raw in (component_dict.get("inputs") or {}).items():
+        spec = {k: raw.get(k) for k in ("type", "optional", "default", "min", "max", "enum")}
+        spec["optional"] = bool(spec["optional"])
+        if spec["default"] is not None:
+            spec["default"] = coerce(spec, spec["default"], f"default of {name}", [])
+        specs[name] = spec
+    return specs
+
+
+# A registered asset as azure-ai-ml leaves it after loading: it strips `azureml:` from `azureml:name:version` and
+# `azureml:name@latest`, so such a path that is not a local file is the asset.
+ASSET_REF = re.compile(r"^[A-Za-z0-9][\w.-]*(?::[\w.-]+|@latest)$")
+
+
+def data_binding(path: str, kind: str, base: Path) -> dict:
+    """A data input path: `azureml://...`, `azureml:name:1`, `https://...` stay cloud references; the rest is local."""
+    if path.startswith("azureml:"):
+        local = base / path[len("azureml:"):]
+        if not path.startswith("azureml://") and local.exists():
+            return {"path": str(local.resolve()), "type": kind}
+        return {"cloud": path, "type": kind}
+    if "://" in path:
+        return {"cloud": path, "type": kind}
+    if ASSET_REF.match(path) and not (base / path).exists():
+        return {"cloud": f"azureml:{path}", "type": kind}
+    return {"path": str((base / path).resolve()), "type": kind}
+
+
+# ------------------------------------------------------------------------------------------------ the builder
+
+class Builder:
+    """Walks a loaded pipeline job into `nodes`, collecting `problems` (errors) and `warnings`."""
+
+    def __init__(self, target: str):
+        assert target in TARGETS, target
+        self.target = target
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+        self.used_inputs: set[tuple[str, str]] = set()     # (scope, pipeline input) referenced by some job
+        self.nodes: dict[str, Node] = {}
+        self.exports: dict[tuple[str, str], dict] = {}    # (pipeline node, output) -> binding
+        self.sources: set[str] = set()
+        self.reported_cloud: set[str] = set()
+
+    def local_limit(self, message: str) -> None:
+        """What only a local run cannot do: an error for `run`, a warning for `validate`, nothing for `submit`."""
+        if self.target == "local":
+            self.problems.append(message)
+        elif self.target == "any":
+            self.warnings.append(f"{message} (only `slmops run` is affected; Azure ML runs it)")
+
+    def bind(self, raw, where: str, scope_inputs: dict, scope_jobs: dict, prefix: str, base: Path):
+        """One node input as azure-ai-ml holds it -> a binding dict (None: not given)."""
+        if raw is None:
+            return None
+        path = getattr(raw, "path", None)
+        if path is not None and not isinstance(raw, (str, int, float, bool)):
+            if isinstance(path, str) and BINDING.match(path):
+                raw = path
+            else:
+                return data_binding(str(path), getattr(raw, "type", None) or "uri_folder", base)
+        if isinstance(raw, str) and (m := BINDING.match(raw.strip())):
+            if m["input"]:
+                if m["input"] not in scope_inputs:
+                    self.problems.append(f"{where}: {raw} names an unknown pipeline input '{m['input']}' "
+                                         f"(inputs: {', '.join(sorted(scope_inputs)) or 'none'}). "
+                                         "Fix: declare it under the pipeline's inputs or correct the name.")
+                    return None
+                self.used_inputs.add((prefix, m["input"]))
+                return scope_inputs[m["input"]]
+            if m["job"]:
+                job = scope_jobs.get(m["job"])
+                if job is None:
+                    self.problems.append(f"{where}: {raw} names an unknown job '{m['job']}' "
+                                         f"(jobs: {', '.join(sorted(scope_jobs))}). Fix: correct the job name.")
+                    return None
+                comp = job.trial if job.type == "sweep" else job.component
+                if m["output"] not in (comp.outputs or {}):
+                    self.problems.append(f"{where}: {raw}: job '{m['job']}' has no output '{m['output']}' "
+                                         f"(outputs: {', '.join(sorted(comp.outputs or {})) or 'none'}). "
+                                         "Fix: correct the output name.")
+                    return None
+                if job.type == "pipeline":
+                    return {"alias": prefix + m["job"], "output": m["output"]}
+                return {"node": prefix + m["job"], "output": m["output"]}
+            self.problems.append(f"{where}: {raw} can only be used for an output. Fix: bind an input instead.")
+            return None
+        if isinstance(raw, str) and "${{" in raw:
+            self.problems.append(f"{where}: {raw!r} is not a binding this runner understands. Fix: use "
+                                 "${{parent.inputs.x}} or ${{parent.jobs.a.outputs.b}}.")
+            return None
+        return {"value": raw}
+
+    def node_inputs(self, job, specs: dict, where: str, scope_inputs, scope_jobs, prefix, base,
+                    searched: set[str] = frozenset()) -> dict:
+        bound = {}
+        for name, node_input in job.inputs.items():
+            raw = getattr(node_input, "_data", node_input)
+            binding = self.bind(raw, f"{where}.inputs.{name}", scope_inputs, scope_jobs, prefix, base)
+            if binding is not None:
+                bound[name] = binding
+        for name, spec in specs.items():
+            field = f"{where}.inputs.{name}"
+            binding = bound.get(name)
+            if binding is None:
+                if spec["default"] is not None:
+                    bound[name] = {"value": spec["default"]}
+                elif not spec["optional"] and name not in searched:
+                    self.problems.append(f"{field}: required input is not given. Fix: bind it in the job's inputs "
+                                         "or give the component input a default.")
+                continue
+            if "value" in binding:
+                if spec.get("type") in DATA_TYPES:
+                    if isinstance(binding["value"], str):
+                        bound[name] = data_binding(binding["value"], spec["type"], base)
+                    continue
+                bound[name] = {"value": coerce(spec, binding["value"], field, self.problems)}
+            if "path" in binding and not Path(binding["path"]).exists():
+                self.problems.append(f"{field}: {binding['path']} does not exist. Fix: correct the path (relative "
+                                     "to the YAML that names it) or pass one with --set.")
+            if "cloud" in binding and self.target == "local" and binding["cloud"] not in self.reported_cloud:
+                self.reported_cloud.add(binding["cloud"])
+                source = binding.get("from")
+                fix = (f"`--set {source}=./local/path`" if source else "a local path in the YAML")
+                self.problems.append(
+                    f"{field if not source else 'inputs.' + source}: {binding['cloud']} is an Azure ML asset and "
+                    f"cannot be resolved offline. Fix: pass a local copy with {fix}.")
+        return bound
+
+    def scope(self, jobs: dict, scope_inputs: dict, prefix: str, base: Path, exports_to: str | None,
+              pipeline_outputs: dict):
+        for name, job in jobs.items():
+            where = f"jobs.{prefix}{name}"
+            flat = prefix + name
+            kind = job.type
+            if kind == "pipeline":
+                comp = job.component
+                self._source(comp)
+                specs = input_specs(comp._to_dict())
+                inner_inputs = self.node_inputs(job, specs, where, scope_inputs, jobs, prefix, base)
+                self.scope(comp.jobs, inner_inputs, flat + ".", Path(comp.base_path).resolve(), flat, pipeline_outputs)
+                self.unused_inputs(f"{where}.component", inner_inputs, flat + ".")
+                for out_name, node_output in (job.outputs or {}).items():
+                    target = getattr(getattr(node_output, "_data", None), "path", getattr(node_output, "_data", None))
+                    if isinstance(target, str) and (m := BINDING.match(target.strip())) and m["pout"]:
+                        alias = {"alias": flat, "output": out_name}
+                        if exports_to is None:
+                            pipeline_outputs[m["pout"]] = alias
+                        else:
+                            self.exports[(exports_to, m["pout"])] = alias
+                continue
+            if kind not in ("command", "sweep"):
+                self.local_limit(f"{where}: job type '{kind}' is not supported locally. Fix: use command, "
+                                 "sweep or pipeline jobs.")
+                continue
+            data = job._to_dict()
+            comp_obj = job.trial if kind == "sweep" else job.component
+            if isinstance(comp_obj, str):
+                self.problems.append(f"{where}.component: {comp_obj} is a registered component and cannot be "
+                                     "loaded offline. Fix: point to the component YAML file.")
+                continue
+            self._source(comp_obj)
+            comp = data["trial"] if kind == "sweep" else data["component"]
+            specs = input_specs(comp)
+            sweep = None
+            searched: set[str] = set()
+            if kind == "sweep":
+                sweep = {k: data.get(k) for k in ("search_space", "sampling_algorithm", "objective", "limits",
+                                                  "early_termination")}
+                searched = set(sweep["search_space"] or {})
+                self.problems += [f"{where}.{problem}" for problem in validate_sweep(sweep, set(specs))]
+            inputs = self.node_inputs(job, specs, where, scope_inputs, jobs, prefix, base, searched)
+            outputs = {}
+            for out_name, spec in (comp.get("outputs") or {}).items():
+                outputs[out_name] = dict(spec)
+                raw = getattr(job.outputs.get(out_name), "_data", None) if job.outputs else None
+                target = getattr(raw, "path", raw)
+                if isinstance(target, str) and (m := BINDING.match(target.strip())) and m["pout"]:
+                    if exports_to is None:
+                        pipeline_outputs[m["pout"]] = {"node": flat, "output": out_name}
+                    else:
+                        self.exports[(exports_to, m["pout"])] = {"node": flat, "output": out_name}
+                elif raw is not None and hasattr(raw, "type") and getattr(raw, "mode", None):
+                    outputs[out_name]["mode"] = raw.mode
+            code = comp.get("code")
+            if code is not None and not (code.startswith("azureml:") or "://" in code):
+                code = str(Path(code).resolve())
+                if not Path(code).is_dir():
+                    self.problems.append(f"{where}.component.code: folder {code} does not exist. "
+                                         "Fix: correct `code:` (it is relative to the component YAML).")
+            elif code is not None:
+                self.local_limit(f"{where}.component.code: {code} is a cloud asset. Fix: use a local folder.")
+            distribution = data.get("distribution") or comp.get("distribution")
+            resources = data.get("resources") or comp.get("resources")
+            if resources and int(resources.get("instance_count") or 1) > 1:
+                self.local_limit(f"{where}.resources.instance_count: {resources['instance_count']} nodes cannot "
+                                 "run on one machine. Fix: use instance_count: 1 locally (keep "
+                                 "process_count_per_instance for several processes).")
+            if distribution and distribution.get("type") not in ("pytorch", None):
+                self.local_limit(f"{where}.distribution.type: {distribution.get('type')} is not supported "
+                                 "locally. Fix: use `type: pytorch` (or run it on Azure ML).")
+            self.check_command(comp.get("command", ""), specs, inputs, outputs, searched, where)
+            self.nodes[flat] = Node(
+                name=flat, kind=kind, command=comp.get("command", ""), code=code,
+                environment=comp.get("environment"), component=comp, input_specs=specs, inputs=inputs,
+                outputs=outputs, distribution=distribution, resources=resources,
+                is_deterministic=bool(comp.get("is_deterministic", True)), sweep=sweep,
+                environment_variables=data.get("environment_variables") or None,
+                timeout=(data.get("limits") or {}).get("timeout") if kind == "command" else None)
+
+    def check_command(self, command: str, specs: dict, inputs: dict, outputs: dict, searched: set[str],
+                      where: str) -> None:
+        """Every `${{inputs.x}}`/`${{outputs.y}}` of the command is declared; outside `$[[ ]]`, x has a value."""
+        for name in sorted(set(INPUT_REF.findall(command)) - set(specs)):
+            self.problems.append(f"{where}.command: uses ${{{{inputs.{name}}}}} but the component has no input "
+                                 f"'{name}'. Fix: declare it under the component's inputs.")
+        for name in sorted(set(OUTPUT_REF.findall(command)) - set(outputs)):
+            self.problems.append(f"{where}.command: uses ${{{{outputs.{name}}}}} but the component has no output "
+                                 f"'{name}'. Fix: declare it under the component's outputs.")
+        required = set(INPUT_REF.findall(OPTIONAL.sub("", command))) & set(specs)
+        for name in sorted(required - set(inputs) - searched):
+            self.problems.append(f"{where}.inputs.{name}: the optional input is not given, but the command uses it "
+                                 "outside $[[ ]]. Fix: give it a value, or wrap its part of the command in $[[ ]].")
+
+    def _source(self, entity) -> None:
+        """Remember the files an entity was read from: its YAML, and an inline environment's conda file."""
+        src = getattr(entity, "_source_path", None)
+        if src and Path(src).is_file():
+            self.sources.add(str(Path(src).resolve()))
+        conda = getattr(getattr(entity, "environment", None), "_conda_file_path", None)
+        if conda and Path(conda).is_file():
+            self.sources.add(str(Path(conda).resolve()))
+
+    def unused_inputs(self, where: str, scope_inputs: dict, prefix: str) -> None:
+        """A declared pipeline input no job of its scope binds: accepted by Azure ML, probably a mistake."""
+        for name in sorted(scope_inputs):
+            if (prefix, name) not in self.used_inputs:
+                self.warnings.append(f"{where + '.' if where else ''}inputs.{name}: no job uses this pipeline input, so its value changes "
+                                     f"nothing. Fix: bind it in a job (${{{{parent.inputs.{name}}}}}) or remove it.")
+
+    def resolve_aliases(self, pipeline_outputs: dict) -> None:
+        def follow(binding):
+            seen = 0
+            while binding is not None and "alias" in binding and seen < 100:
+                binding = self.exports.get((binding["alias"], binding["output"]))
+                seen += 1
+            return binding
+
+        for node in self.nodes.values():
+            for name, binding in list(node.inputs.items()):
+                if "alias" in binding:
+                    target = follow(binding)
+                    if target is None:
+                        self.problems.append(f"jobs.{node.name}.inputs.{name}: output '{binding['output']}' of "
+                                             f"pipeline job '{binding['alias']}' is not produced by any of its "
+                                             "jobs. Fix: bind it with ${{parent.outputs.x}} inside the component.")
+                        del node.inputs[name]
+                    else:
+                        node.inputs[name] = target
+        for name, binding in list(pipeline_outputs.items()):
+            pipeline_outputs[name] = follow(binding)
+
+

@@ -1,0 +1,289 @@
+"""Sweep nodes (`type: sweep`) run locally with Azure ML's semantics.
+
+    from slmops.runner.sweep import run_sweep
+    result = run_sweep(spec, start_trial, log)                        # raises UserError when nothing usable
+    result.best_index, result.best_params, result.best_metric, result.best_outputs, result.trials
+
+`spec` is the sweep node as a plain dict, shaped like the YAML (and like azure-ai-ml's `Sweep._to_dict()`):
+
+    search_space:        {name: {type: choice, values: [...]} | {type: uniform, min_value, max_value} | ...}
+    sampling_algorithm:  random | grid | bayesian | {type: random, seed: N, rule: random|sobol}
+    objective:           {primary_metric: str, goal: maximize|minimize}
+    limits:              {max_total_trials, max_concurrent_trials, timeout (s), trial_timeout (s)}
+    early_termination:   None | {type: bandit, slack_factor|slack_amount, evaluation_interval, delay_evaluation}
+                         | {type: median_stopping, ...} | {type: truncation_selection, truncation_percentage, ...}
+
+Semantics (as Azure ML documents them):
+- Search space expressions: choice(values), randint(upper) -> [0, upper), uniform(min_value, max_value),
+  loguniform -> exp(uniform(min_value, max_value)) (the bounds are exponents), quniform/qloguniform (rounded
+  to a multiple of q), normal(mu, sigma), lognormal -> exp(normal), qnormal/qlognormal.
+- Grid sampling enumerates every combination and accepts only `choice`. Random sampling is deterministic for
+  its seed (default 0, so local runs are reproducible and cacheable). Bayesian sampling needs the Azure ML
+  service: locally it is replaced by random sampling, with a notice.
+- The primary metric is read from each trial's MLflow run: the last value logged decides the best trial; every
+  logged value is one "interval" for early termination.
+- An early termination policy is applied at every interval N that is a multiple of `evaluation_interval` and
+  `>= delay_evaluation`. At interval N a trial is compared only with the first N values of the other trials:
+  bandit: its best value so far is outside the slack of the best trial's best value so far
+    (maximize: value < best / (1 + slack_factor) or value < best - slack_amount; minimize mirrored);
+  median_stopping: its best value so far is worse than the median of all trials' running averages over 1..N;
+  truncation_selection: its value at N ranks in the lowest `truncation_percentage` % of the trials' values at N.
+  A terminated trial is killed and recorded as `early_terminated`.
+- Limits: at most `max_total_trials` trials (grid: the grid's size when unset; random: required),
+  `max_concurrent_trials` at once (locally 1 when unset), `trial_timeout` kills a trial (`timed_out`),
+  `timeout` stops launching and kills running trials (`canceled`).
+- The best trial is the best *completed* trial (exit code 0) that logged the metric: only it has outputs. The
+  sweep fails (UserError) when no completed trial logged the metric.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from slmops.errors import UserError
+from slmops.pipeline.sweep_spec import Policy, SweepConfig, is_int, read_sweep
+
+POLL_SECONDS = 0.2
+METRIC_POLL_SECONDS = 1.0
+
+
+@dataclass
+class SweepResult:
+    """What a sweep produced. `trials`: one dict per started trial (index, params, status, metric, run_id, seconds)."""
+
+    best_index: int
+    best_params: dict
+    best_metric: float
+    best_outputs: dict
+    best_run_id: str
+    trials: list[dict]
+
+# --------------------------------------------------------------------------------------------------------------
+# Sampling (pure)
+
+
+def sample_value(expr: dict, rng: random.Random):
+    """One draw from a search space expression, as Azure ML's random sampling defines it."""
+    kind = expr["type"]
+    if kind == "choice":
+        return expr["values"][rng.randrange(len(expr["values"]))]
+    if kind == "randint":
+        return rng.randrange(int(expr["upper"]))
+    if kind in ("uniform", "loguniform", "quniform", "qloguniform"):
+        value = rng.uniform(expr["min_value"], expr["max_value"])
+    else:
+        value = rng.gauss(expr["mu"], expr["sigma"])
+    if kind in ("loguniform", "qloguniform", "lognormal", "qlognormal"):
+        value = math.exp(value)
+    if "q" in expr:
+        value = round(value / expr["q"]) * expr["q"]
+        if is_int(expr["q"]):
+            value = int(value)
+    return value
+
+
+def grid_points(search_space: dict) -> list[dict]:
+    """Every combination of the choice values, names in sorted order, the last name varying fastest."""
+    names = sorted(search_space)
+    return [dict(zip(names, combo)) for combo in itertools.product(*(search_space[n]["values"] for n in names))]
+
+
+def trial_params(config: SweepConfig) -> list[dict]:
+    """The parameters of every trial the sweep may start, in order (deterministic for the config)."""
+    if config.algorithm == "grid":
+        return grid_points(config.search_space)[: config.max_total_trials]
+    rng = random.Random(config.seed)
+    names = sorted(config.search_space)
+    return [{n: sample_value(config.search_space[n], rng) for n in names} for _ in range(config.max_total_trials)]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Early termination (pure): decisions over metric histories
+
+
+def is_evaluation_point(policy: Policy, interval: int) -> bool:
+    """Azure ML applies a policy at every multiple of evaluation_interval that is >= delay_evaluation."""
+    return interval >= max(1, policy.delay_evaluation) and interval % policy.evaluation_interval == 0
+
+
+def termination_reason(policy: Policy, goal: str, histories: dict[int, list[float]], index: int,
+                       interval: int) -> str | None:
+    """Why trial `index` should stop at `interval` (1-based count of its logged values), or None to keep it.
+
+    `histories` holds every trial's values so far (finished and terminated trials included); each is compared
+    only up to `interval`, and only trials that reached `interval` take part.
+    """
+    sign = 1.0 if goal == "maximize" else -1.0  # compare in "higher is better" space
+    peers = {i: h[:interval] for i, h in histories.items() if len(h) >= interval}
+    if index not in peers or not is_evaluation_point(policy, interval):
+        return None
+    best_so_far = {i: max(sign * v for v in h) * sign for i, h in peers.items()}
+    mine = best_so_far[index]
+    better = max if goal == "maximize" else min
+
+    if policy.type == "bandit":
+        leader = better(best_so_far.values())
+        if mine == leader:
+            return None
+        if policy.slack_amount is not None:
+            limit = leader - sign * policy.slack_amount
+        else:
+            limit = leader / (1 + policy.slack_factor) if goal == "maximize" else leader * (1 + policy.slack_factor)
+        if sign * mine < sign * limit:
+            return f"bandit: best {mine:.6g} at interval {interval} is outside the slack of the best trial's " \
+                   f"{leader:.6g} (limit {limit:.6g})"
+        return None
+
+    if policy.type == "median_stopping":
+        median = statistics.median(statistics.fmean(h) for h in peers.values())
+        if sign * mine < sign * median:
+            return f"median_stopping: best {mine:.6g} at interval {interval} is worse than the median " \
+                   f"{median:.6g} of the running averages"
+        return None
+
+    # truncation_selection: the lowest truncation_percentage % of the values at this interval
+    ranked = sorted(peers, key=lambda i: (sign * peers[i][-1], -i))  # worst first; ties: the later trial first
+    cut = int(len(ranked) * policy.truncation_percentage // 100)
+    if index in ranked[:cut]:
+        return f"truncation_selection: value {peers[index][-1]:.6g} at interval {interval} is in the lowest " \
+               f"{policy.truncation_percentage}% of {len(ranked)} trials"
+    return None
+
+
+def best_trial(records: list[dict], goal: str) -> dict | None:
+    """The best completed trial that logged the metric (ties: the lowest index), or None."""
+    usable = [r for r in records if r["status"] == "completed" and r["metric"] is not None]
+    if not usable:
+        return None
+    sign = 1.0 if goal == "maximize" else -1.0
+    return max(usable, key=lambda r: (sign * r["metric"], -r["index"]))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Orchestration
+
+
+def mlflow_history_reader(metric: str) -> Callable[[str], list[float]]:
+    """Read a run's values of `metric` from MLflow (MLFLOW_TRACKING_URI), in logging order."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+
+    def read(run_id: str) -> list[float]:
+        history = client.get_metric_history(run_id, metric)
+        return [m.value for m in sorted(history, key=lambda m: (m.step, m.timestamp))]
+
+    return read
+
+
+def run_sweep(spec: dict, start_trial, log, *, read_history: Callable[[str], list[float]] | None = None,
+              stop: threading.Event | None = None) -> SweepResult:
+    """Run the sweep: start trials (at most max_concurrent_trials at once), stop them early as the policy says,
+    honour the time limits, and return the best completed trial.
+
+    `start_trial(index, params) -> slmops.runner.trial.Trial`; `log(message)` prints one line;
+    `read_history(run_id) -> [values]` defaults to reading the primary metric from MLflow;
+    `stop`: once set (e.g. by the executor when the run is aborted), running trials are killed as by the timeout
+    and no more start. Should anything raise, the running trials are killed before the error propagates.
+    """
+    config, problems = read_sweep(spec)
+    if problems:
+        raise UserError("invalid sweep node", problems=problems)
+    for notice in config.notices:
+        log(f"notice: {notice}")
+    read_history = read_history or mlflow_history_reader(config.primary_metric)
+    pending = list(enumerate(trial_params(config)))
+    log(f"sweep: {config.algorithm} sampling, {len(pending)} trials, {config.max_concurrent_trials} at a time, "
+        f"{config.goal} {config.primary_metric}"
+        + (f", early termination: {config.policy.type}" if config.policy else ""))
+
+    started_at = time.monotonic()
+    deadline = started_at + config.timeout if config.timeout else None
+    running: dict[int, tuple] = {}  # index -> (trial, start time)
+    histories: dict[int, list[float]] = {}
+    evaluated: dict[int, int] = {}  # index -> last interval the policy looked at
+    records: dict[int, dict] = {}
+    trials: dict[int, object] = {}
+    last_metric_poll = -math.inf
+
+    def read(index: int, trial) -> list[float]:
+        """The trial's metric values; on a read error (e.g. sqlite busy) the values read before."""
+        try:
+            histories[index] = read_history(trial.run_id)
+        except Exception as exc:
+            log(f"trial {index}: could not read metric '{config.primary_metric}' yet: {exc}")
+        return histories.get(index) or []
+
+    def finish(index: int, status: str, detail: str = "") -> None:
+        trial, began = running.pop(index)
+        if status not in ("completed", "failed"):
+            trial.kill()
+        values = read(index, trial)
+        records[index] = {"index": index, "params": trial.params, "status": status,
+                          "metric": values[-1] if values else None, "run_id": trial.run_id,
+                          "seconds": round(time.monotonic() - began, 3)}
+        shown = "no metric" if not values else f"{config.primary_metric}={values[-1]:.6g}"
+        log(f"trial {index} {status} ({shown}, {time.monotonic() - began:.1f}s){': ' + detail if detail else ''}")
+
+    try:
+        while pending or running:
+            now = time.monotonic()
+            for index in sorted(running):
+                trial, began = running[index]
+                code = trial.poll()
+                if code is not None:
+                    finish(index, "completed" if code == 0 else "failed", "" if code == 0 else f"exit code {code}")
+                elif config.trial_timeout and now - began >= config.trial_timeout:
+                    finish(index, "timed_out", f"trial_timeout {config.trial_timeout}s")
+
+            timed_out = deadline is not None and now >= deadline
+            if timed_out or (stop is not None and stop.is_set()):
+                reason = f"sweep timeout ({config.timeout}s)" if timed_out else "sweep stopped"
+                log(f"{reason}: canceling {len(running)} running trial(s), {len(pending)} not started")
+                for index in sorted(running):
+                    finish(index, "canceled", reason)
+                break
+
+            if config.policy and running and now - last_metric_poll >= METRIC_POLL_SECONDS:
+                last_metric_poll = now
+                for index in sorted(running):
+                    read(index, running[index][0])
+                for index in sorted(running):
+                    for interval in range(evaluated.get(index, 0) + 1, len(histories.get(index, [])) + 1):
+                        evaluated[index] = interval
+                        reason = termination_reason(config.policy, config.goal, histories, index, interval)
+                        if reason:
+                            finish(index, "early_terminated", reason)
+                            break
+
+            while pending and len(running) < config.max_concurrent_trials:
+                index, params = pending.pop(0)
+                log(f"trial {index} started: " + ", ".join(f"{k}={v!r}" for k, v in params.items()))
+                trials[index] = start_trial(index, params)
+                running[index] = (trials[index], time.monotonic())
+
+            if running:
+                time.sleep(POLL_SECONDS)
+    except BaseException:
+        for trial, _ in running.values():
+            trial.kill()
+        raise
+
+    ordered = [records[i] for i in sorted(records)]
+    best = best_trial(ordered, config.goal)
+    if best is None:
+        raise UserError(
+            f"sweep: no completed trial logged the primary metric '{config.primary_metric}'; log it from the "
+            f"trial with mlflow.log_metric('{config.primary_metric}', value) and check the trials' logs",
+            problems=[f"trial {r['index']}: {r['status']}, metric {r['metric']}" for r in ordered])
+    log(f"sweep: best trial {best['index']} {config.primary_metric}={best['metric']:.6g} "
+        + ", ".join(f"{k}={v!r}" for k, v in best["params"].items()))
+    return SweepResult(best["index"], best["params"], best["metric"], dict(trials[best["index"]].outputs),
+                       best["run_id"], ordered)
