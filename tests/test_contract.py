@@ -78,12 +78,12 @@ def test_check_names_a_stale_file_and_write_fixes_it(tmp_path, capsys):
     shutil.copytree(ROOT / "components", components)
     contract.main(["--check", str(components)])  # the checked-in files are current
     stale = components / "finetune" / "component.yaml"
-    stale.write_text(stale.read_text().replace("min: 1.0e-08", "min: 0.0"))
+    stale.write_text(stale.read_text().replace("min: 1.0e-12", "min: 0.0"))
     with pytest.raises(SystemExit) as exc:
         contract.main(["--check", str(components)])
     assert exc.value.code == 1
     out = capsys.readouterr()
-    assert f"--- {stale}" in out.out and "-    min: 0.0\n+    min: 1.0e-08" in out.out
+    assert f"--- {stale}" in out.out and "-    min: 0.0\n+    min: 1.0e-12" in out.out
     assert "python -m slmops.contract --write" in out.err
     contract.main(["--write", str(components)])
     contract.main(["--check", str(components)])

@@ -63,7 +63,7 @@ CONTRACT = Component(
         Input("target_modules", "string", "Comma-separated module names, or all-linear.", default="all-linear"),
         Input("modules_to_save", "string", "Comma-separated modules trained fully and saved with the adapter "
               "(e.g. lm_head).", optional=True),
-        Input("learning_rate", "number", "Peak learning rate.", default=2e-4, min=1e-8),
+        Input("learning_rate", "number", "Peak learning rate.", default=2e-4, min=1e-12),
         Input("lr_scheduler", "string", "Learning-rate schedule after the warm-up.", default="cosine",
               enum=SCHEDULERS),
         Input("warmup_ratio", "number", "Fraction of the steps for linear warm-up.", default=0.03, min=0.0, max=0.5),
