@@ -168,13 +168,17 @@ def _check(loaded: Loaded, job, target: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = job._validate()
+    no_compute = []
     for error in result._to_dict().get("errors", []):
         message = str(error.get("message", ""))
-        if message.startswith(COMPUTE_NOT_SET) and target != "azure":
-            continue
-        loaded.errors.append(f"{error.get('path')}: {message}" + (
-            " Fix: pass --compute NAME (or NODE=NAME), or set settings.default_compute." if
-            message.startswith(COMPUTE_NOT_SET) else ""))
+        if message.startswith(COMPUTE_NOT_SET):
+            no_compute.append(str(error.get("path", "")).removeprefix("jobs.").removesuffix(".compute"))
+        else:
+            loaded.errors.append(f"{error.get('path')}: {message}")
+    if no_compute and target == "azure":
+        loaded.errors.append(f"jobs {', '.join(sorted(no_compute))}: no compute, and the pipeline has no "
+                             "settings.default_compute. Fix: pass --compute NAME (all jobs) or --compute JOB=NAME, or "
+                             "set settings.default_compute in the YAML.")
 
     base = Path(job.base_path).resolve()
     builder = Builder(target)
