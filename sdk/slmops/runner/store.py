@@ -45,7 +45,7 @@ def code_files(folder: str | os.PathLike) -> list[Path]:
     spec = None
     for name in (".amlignore", ".gitignore"):
         if (folder / name).is_file():
-            spec = pathspec.PathSpec.from_lines("gitwildmatch", (folder / name).read_text().splitlines())
+            spec = pathspec.GitIgnoreSpec.from_lines((folder / name).read_text().splitlines())
             break
     found = []
     for root, dirs, files in os.walk(folder):
