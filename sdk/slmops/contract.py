@@ -179,8 +179,11 @@ def coerce(spec: dict, value, where: str, problems: list[str]):
     for bound, ok in (("min", lambda v, b: v >= b), ("max", lambda v, b: v <= b)):
         if spec.get(bound) is not None and kind in ("integer", "number") and isinstance(value, (int, float)):
             if not ok(value, float(spec[bound])):
+                low, high = spec.get("min"), spec.get("max")
+                allowed = (f"within [{low}, {high}]" if low is not None and high is not None
+                           else f">= {low}" if low is not None else f"<= {high}")
                 problems.append(f"{where}: {value!r} is {'below the minimum' if bound == 'min' else 'above the maximum'} "
-                                f"{spec[bound]}. Fix: give a value within [{spec.get('min')}, {spec.get('max')}].")
+                                f"{spec[bound]}. Fix: give a value {allowed}.")
     return value
 
 

@@ -138,7 +138,7 @@ def _bad_cases(data, model, tmp):
          ["must hold a JSON list of step records"]),
         # every problem is reported at once
         (["--test_data", str(tmp / "empty"), "--model", str(tmp / "not_a_model"), "--max_new_tokens", "0"],
-         ["no validation.jsonl", "is not a model folder", "exactly one of", "--max_new_tokens 0"]),
+         ["no validation.jsonl", "is not a model folder", "exactly one of", "--max_new_tokens: 0 is below"]),
     ]
 
 

@@ -213,16 +213,16 @@ def test_precision_choice(requested, cuda, cuda_bf16, cpu_bf16, expected):
 
 BAD_CASES = [
     # flags replacing the defaults, text expected in the message, package hidden
-    (["--method", "adapterx"], "--method 'adapterx' is not one of", None),
-    (["--lora_r", "0"], "--lora_r 0 must be >= 1", None),
-    (["--lora_dropout", "1.5"], "--lora_dropout 1.5 must be between 0 and 0.9", None),
-    (["--batching", "bucket"], "--batching 'bucket' is not one of", None),
+    (["--method", "adapterx"], "--method: 'adapterx' is not one of", None),
+    (["--lora_r", "0"], "--lora_r: 0 is below the minimum 1", None),
+    (["--lora_dropout", "1.5"], "--lora_dropout: 1.5 is above the maximum 0.9", None),
+    (["--batching", "bucket"], "--batching: 'bucket' is not one of", None),
     (["--max_steps", "0"], "--max_steps 0 must be -1", None),
     (["--early_stopping_patience", "2", "--eval_steps", "0"], "needs evaluations", None),
     (["--early_stopping_patience", "2", "--eval_steps", "4", "--save_steps", "6"], "multiple of", None),
     (["--method", "qlora"], "needs bitsandbytes", "bitsandbytes"),
     (["--deepspeed", "zero3"], "needs the deepspeed package", "deepspeed"),
-    (["--deepspeed", "zero9"], "--deepspeed 'zero9' is not one of", None),
+    (["--deepspeed", "zero9"], "--deepspeed: 'zero9' is not one of", None),
     (["--base_model", "/no/such/model"], "does not exist", None),
     (["--train_data", "/no/such/data"], "has no train.jsonl", None),
     (["--target_modules", "qkv_nope"], "--target_modules 'qkv_nope' matches no module of the base model", None),

@@ -97,7 +97,7 @@ def _bad_cases(data, model, adapter, tmp):
          ["no dml support", "pip install 'slmops[directml]'", "Windows only"]),
         (["--model", str(tmp / "not_a_model"), "--test_data", str(tmp / "empty"), "--speed_tokens", "0",
           "--execution_provider", "cuda"],
-         ["no validation.jsonl", "is not a model folder", "--speed_tokens 0", "slmops[cuda]"]),
+         ["no validation.jsonl", "is not a model folder", "--speed_tokens: 0 is below", "slmops[cuda]"]),
     ]
 
 

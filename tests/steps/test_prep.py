@@ -375,7 +375,7 @@ BAD = [
     ("template_unbalanced", "d.jsonl", GOOD, ["--template", "{phrase"], ["not a valid format string"]),
     ("bad_split_and_fraction", "d.jsonl", GOOD,
      ["--template", TONE_TEMPLATE, "--dataset_split", "train[:x]", "--validation_fraction", "0.9"],
-     ["--dataset_split 'train[:x]' is not a split spec", "--validation_fraction 0.9 is outside 0..0.5"]),
+     ["--dataset_split 'train[:x]' is not a split spec", "--validation_fraction: 0.9 is above the maximum 0.5"]),
     ("local_split_not_train", "d.jsonl", GOOD, ["--template", TONE_TEMPLATE, "--dataset_split", "test[:5]"],
      ["names a split other than 'train'"]),
     ("two_sources", "d.jsonl", GOOD, ["--template", TONE_TEMPLATE, "--dataset_name", "org/ds"],

@@ -191,7 +191,7 @@ def test_gain_at_exactly_the_threshold_passes(env, tmp_path):
     ("list_json", {}, ["metrics.json holds a JSON list, not the object"]),
     ("no_base", {"min_gain": 0.0}, ["--min_gain needs base.accuracy"]),
     (None, {"min_accuracy": 1.5, "alias": "latest", "model_name": "a/b"},
-     ["--min_accuracy 1.5: must be between 0.0 and 1.0", "--alias 'latest'", "--model_name 'a/b'"]),
+     ["--min_accuracy: 1.5 is above the maximum 1.0", "--alias 'latest'", "--model_name 'a/b'"]),
     ("no_uri", {}, ["MLFLOW_TRACKING_URI is not set"]),
 ])
 def test_bad_inputs_exit_2_with_every_problem_and_write_nothing(env, tmp_path, monkeypatch, capsys, change, extra,
