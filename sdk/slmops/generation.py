@@ -1,27 +1,49 @@
-"""Prompt -> completion with greedy decoding, batched, for PyTorch (`generate`) and ONNX Runtime GenAI.
+"""Prompt -> completion, batched, for PyTorch (`generate`) and ONNX Runtime GenAI: the one generation path that
+evaluate, optimize and the serving script (`serving/score.py`) share, so a served answer is the evaluated one.
 
-Both backends take prompt strings, tokenize them with their own tokenizer, and return the new token ids of
-each prompt cut at the first end-of-sequence token; `*_complete` decodes those (special tokens skipped) and
-strips whitespace, which is the prediction the metrics compare with the reference.
+The steps, the same for both backends and for one prompt or many:
+
+1. **prompt**: a string as is, or chat `messages` rendered with the tokenizer's chat template and its generation
+   prompt (`*_render_chat`, as prep renders the prompt of a `messages` row).
+2. **tokens** (`*_encode`): the tokenizer's special tokens (BOS) are added unless the prompt already opens with
+   the token they would add (a Llama-3-style chat template wrote `<|begin_of_text|>`; prep tokenized such
+   prompts without special tokens), so the model never sees two BOS. Decided per prompt.
+3. **generation**: greedy (`temperature` 0, the default) or sampled; batches of `batch_size` prompts (left
+   padded for PyTorch, right padded by ORT GenAI), each prompt with its own `max_new_tokens`.
+4. **stop**: at the first end-of-sequence id - the model's generation config plus the tokenizer's eos for
+   PyTorch, the tokenizer's `eos_token_ids` (genai_config) for ORT GenAI. The end token is not part of the
+   completion. `finish_reason` is "stop" when the completion is shorter than its `max_new_tokens` (an end token
+   came), "length" otherwise.
+5. **text**: the new ids decoded with special tokens skipped, whitespace stripped - the prediction the metrics
+   compare with the reference, and the `text` the serving script returns.
 
     from slmops import generation, models
     model, tok = models.load_causal_lm(path).eval(), models.load_tokenizer(path)
-    generation.torch_complete(model, tok, prompts, max_new_tokens=16, batch_size=16)
+    generation.torch_complete(model, tok, prompts, max_new_tokens=16, batch_size=16)        # texts
+    generation.torch_completions(model, tok, prompts, max_new_tokens=[16, 4], batch_size=2)  # Completion each
 
     import onnxruntime_genai as og
     og_model = og.Model(onnx_dir)
     generation.ort_complete(og_model, og.Tokenizer(og_model), prompts, max_new_tokens=16, batch_size=16)
 
 `min_new_tokens` forces a fixed number of new tokens (end-of-sequence suppressed until then), which is how
-decode speed is measured with the same token count on both backends.
+decode speed is measured with the same token count on both backends (`*_generate`: the ids only, nothing
+decoded).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
-def _batches(items: list, size: int):
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+
+@dataclass(frozen=True)
+class Completion:
+    """One prompt's completion."""
+
+    text: str            # `ids` decoded, special tokens skipped, stripped
+    ids: list[int]       # the new token ids, up to (not including) the first end-of-sequence id
+    prompt_tokens: int   # the prompt's token count, special tokens included (no padding)
+    finish_reason: str   # "stop": the model ended the text; "length": max_new_tokens ended it
 
 
 def _cut_at_eos(ids, eos_ids: set[int]) -> list[int]:
@@ -33,12 +55,38 @@ def _cut_at_eos(ids, eos_ids: set[int]) -> list[int]:
     return out
 
 
-def _starts_with_bos(tokenizer, prompts: list[str]) -> bool:
-    """True when every prompt already opens with the tokenizer's begin-of-text token: a chat template wrote it
-    (Llama 3 style), and prep tokenized such prompts without adding special tokens, so generation must not
-    add a second one."""
-    bos = tokenizer.bos_token
-    return bool(bos) and all(p.startswith(bos) for p in prompts)
+def _per_prompt(max_new_tokens: int | list[int], n: int) -> list[int]:
+    if isinstance(max_new_tokens, int):
+        return [max_new_tokens] * n
+    if len(max_new_tokens) != n:
+        raise ValueError(f"max_new_tokens has {len(max_new_tokens)} values for {n} prompts")
+    return list(max_new_tokens)
+
+
+def _finish(ids: list[int], max_new_tokens: int) -> str:
+    return "stop" if len(ids) < max_new_tokens else "length"
+
+
+def _one_bos(with_special: list[int], plain: list[int]) -> list[int]:
+    """The BOS rule: the prompt's ids with the tokenizer's special tokens, unless the prompt already opens with
+    the token the tokenizer puts first (it would be there twice) - then the ids without special tokens."""
+    if plain and len(with_special) > len(plain) and with_special[0] == plain[0] \
+            and with_special[1:len(plain) + 1] == plain:
+        return plain
+    return with_special
+
+
+# ---------------------------------------------------------------------------------------------------- PyTorch
+
+def torch_render_chat(tokenizer, messages: list[dict]) -> str:
+    """Chat `messages` as a prompt: the chat template with its generation prompt (as prep renders them)."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def torch_encode(tokenizer, prompt: str) -> list[int]:
+    """The prompt's token ids, BOS rule applied (module docstring, step 2)."""
+    with_special = list(tokenizer(prompt)["input_ids"])
+    return _one_bos(with_special, list(tokenizer(prompt, add_special_tokens=False)["input_ids"]))
 
 
 def torch_eos_ids(model, tokenizer) -> set[int]:
@@ -50,67 +98,146 @@ def torch_eos_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-def torch_generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int,
-                   min_new_tokens: int = 0) -> list[list[int]]:
-    """Greedy `model.generate` over left-padded batches; the new token ids of each prompt, cut at eos."""
+def _torch_run(model, tokenizer, prompts: list[str], *, max_new_tokens: int | list[int], batch_size: int,
+               min_new_tokens: int = 0, temperature: float = 0.0) -> list[tuple[int, list[int]]]:
+    """(prompt token count, new ids cut at eos) of each prompt: `model.generate` over left-padded batches."""
     import torch
 
+    limits = _per_prompt(max_new_tokens, len(prompts))
     eos_ids = torch_eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
-    saved_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # decoder-only models continue from the last position of each row
+    if temperature > 0:
+        search = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+    else:
+        search = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     results = []
-    try:
-        for batch in _batches(prompts, batch_size):
-            enc = tokenizer(batch, return_tensors="pt", padding=True,
-                            add_special_tokens=not _starts_with_bos(tokenizer, batch)).to(model.device)
-            with torch.inference_mode():
-                out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
-                                     min_new_tokens=min_new_tokens, pad_token_id=pad_id,
-                                     eos_token_id=sorted(eos_ids), temperature=None, top_p=None, top_k=None)
-            new = out[:, enc["input_ids"].shape[1]:]
-            results.extend(_cut_at_eos(row.tolist(), eos_ids) for row in new)
-    finally:
-        tokenizer.padding_side = saved_side
+    for start in range(0, len(prompts), batch_size):
+        encoded = [torch_encode(tokenizer, p) for p in prompts[start:start + batch_size]]
+        batch_limits = limits[start:start + batch_size]
+        width = max(len(ids) for ids in encoded)
+        # decoder-only models continue from the last position of each row: pad on the left
+        input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for i, ids in enumerate(encoded):
+            if ids:
+                input_ids[i, width - len(ids):] = torch.tensor(ids)
+                attention_mask[i, width - len(ids):] = 1
+        with torch.inference_mode():
+            out = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
+                                 max_new_tokens=max(batch_limits), min_new_tokens=min_new_tokens,
+                                 pad_token_id=pad_id, eos_token_id=sorted(eos_ids), **search)
+        new = out[:, width:]
+        results.extend((len(ids), _cut_at_eos(row[:limit].tolist(), eos_ids))
+                       for ids, row, limit in zip(encoded, new, batch_limits))
     return results
 
 
-def ort_generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int,
-                 min_new_tokens: int = 0) -> list[list[int]]:
-    """Greedy ORT GenAI generation over batches (`og.Model`, `og.Tokenizer`); new token ids, cut at eos.
+def torch_completions(model, tokenizer, prompts: list[str], *, max_new_tokens: int | list[int], batch_size: int,
+                      temperature: float = 0.0) -> list[Completion]:
+    """The completion of each prompt with PyTorch (`max_new_tokens`: one for all, or one per prompt)."""
+    runs = _torch_run(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                      temperature=temperature)
+    texts = tokenizer.batch_decode([ids for _, ids in runs], skip_special_tokens=True)
+    return [Completion(text.strip(), ids, n_prompt, _finish(ids, limit))
+            for (n_prompt, ids), text, limit in zip(runs, texts, _per_prompt(max_new_tokens, len(prompts)))]
 
-    ORT GenAI pads a batch on the right itself; every row's sequence is padded prompt + new tokens, so the
-    new tokens start at the padded prompt length.
-    """
-    import onnxruntime_genai as og
 
-    eos_ids = {int(i) for i in tokenizer.eos_token_ids}
-    results = []
-    for batch in _batches(prompts, batch_size):
-        input_ids = tokenizer.encode_batch(batch)
-        prompt_len = input_ids.as_numpy().shape[1]
-        params = og.GeneratorParams(model)
-        params.set_search_options(do_sample=False, batch_size=len(batch), max_length=prompt_len + max_new_tokens,
-                                  min_length=prompt_len + min_new_tokens)
-        generator = og.Generator(model, params)
-        generator.append_tokens(input_ids)
-        while not generator.is_done():
-            generator.generate_next_token()
-        results.extend(_cut_at_eos(generator.get_sequence(i)[prompt_len:], eos_ids) for i in range(len(batch)))
-        del generator
-    return results
+def torch_generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int,
+                   min_new_tokens: int = 0) -> list[list[int]]:
+    """Greedy: the new token ids of each prompt, cut at eos (nothing decoded; decode-speed measurement)."""
+    return [ids for _, ids in _torch_run(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                         batch_size=batch_size, min_new_tokens=min_new_tokens)]
 
 
 def torch_complete(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy completions (decoded, special tokens skipped, stripped) with PyTorch."""
-    ids = torch_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    return [c.text for c in torch_completions(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                              batch_size=batch_size)]
+
+
+# ------------------------------------------------------------------------------------------- ONNX Runtime GenAI
+
+def ort_render_chat(tokenizer, messages: list[dict]) -> str:
+    """Chat `messages` as a prompt with ORT GenAI's tokenizer (the chat template copied beside the model)."""
+    import json
+
+    return tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
+
+
+def ort_encode(tokenizer, prompt: str) -> list[int]:
+    """The prompt's token ids, BOS rule applied (module docstring, step 2).
+
+    Sets the `og.Tokenizer`'s add_special_tokens option (its default follows tokenizer_config.json, not the
+    tokenizer's post-processor as transformers does); every encode here sets it first.
+    """
+    tokenizer.update_options(add_special_tokens="true")
+    with_special = [int(t) for t in tokenizer.encode(prompt)]
+    tokenizer.update_options(add_special_tokens="false")
+    plain = [int(t) for t in tokenizer.encode(prompt)]
+    return _one_bos(with_special, plain)
+
+
+def ort_eos_ids(tokenizer) -> set[int]:
+    """End-of-sequence ids: the tokenizer's `eos_token_ids` (genai_config.json's eos_token_id)."""
+    return {int(i) for i in tokenizer.eos_token_ids}
+
+
+def _ort_run(model, tokenizer, prompts: list[str], *, max_new_tokens: int | list[int], batch_size: int,
+             min_new_tokens: int = 0, temperature: float = 0.0) -> list[tuple[int, list[int]]]:
+    """(prompt token count, new ids cut at eos) of each prompt: ORT GenAI (`og.Model`, `og.Tokenizer`) over batches.
+
+    A batch is right padded with the pad id (what `og.Tokenizer.encode_batch` does; ORT GenAI masks pad ids),
+    and every row's sequence is padded prompt + new tokens, so the new tokens start at the padded width.
+    """
+    import numpy as np
+    import onnxruntime_genai as og
+
+    limits = _per_prompt(max_new_tokens, len(prompts))
+    eos_ids = ort_eos_ids(tokenizer)
+    results = []
+    for start in range(0, len(prompts), batch_size):
+        encoded = [ort_encode(tokenizer, p) for p in prompts[start:start + batch_size]]
+        batch_limits = limits[start:start + batch_size]
+        width = max(len(ids) for ids in encoded)
+        input_ids = np.full((len(encoded), width), tokenizer.pad_token_id, dtype=np.int32)
+        for i, ids in enumerate(encoded):
+            input_ids[i, :len(ids)] = ids
+        params = og.GeneratorParams(model)
+        search = {"do_sample": temperature > 0, "batch_size": len(encoded),
+                  "max_length": width + max(batch_limits), "min_length": width + min_new_tokens}
+        if temperature > 0:
+            search.update(temperature=temperature, top_k=0, top_p=1.0)
+        params.set_search_options(**search)
+        generator = og.Generator(model, params)
+        generator.append_tokens(input_ids)
+        while not generator.is_done():
+            generator.generate_next_token()
+        results.extend((len(ids), _cut_at_eos(generator.get_sequence(i)[width:width + limit], eos_ids))
+                       for i, (ids, limit) in enumerate(zip(encoded, batch_limits)))
+        del generator
+    return results
+
+
+def ort_completions(model, tokenizer, prompts: list[str], *, max_new_tokens: int | list[int], batch_size: int,
+                    temperature: float = 0.0) -> list[Completion]:
+    """The completion of each prompt with ORT GenAI (`max_new_tokens`: one for all, or one per prompt)."""
+    runs = _ort_run(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                    temperature=temperature)
+    return [Completion(tokenizer.decode(ids).strip() if ids else "", ids, n_prompt, _finish(ids, limit))
+            for (n_prompt, ids), limit in zip(runs, _per_prompt(max_new_tokens, len(prompts)))]
+
+
+def ort_generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int,
+                 min_new_tokens: int = 0) -> list[list[int]]:
+    """Greedy: the new token ids of each prompt, cut at eos (nothing decoded; decode-speed measurement)."""
+    return [ids for _, ids in _ort_run(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                       batch_size=batch_size, min_new_tokens=min_new_tokens)]
 
 
 def ort_complete(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy completions (decoded, special tokens skipped, stripped) with ORT GenAI."""
-    ids = ort_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    return [tokenizer.decode(row).strip() if row else "" for row in ids]
+    return [c.text for c in ort_completions(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                            batch_size=batch_size)]
 
 
 def reference(row: dict, task: str, special_tokens: list[str]) -> str:

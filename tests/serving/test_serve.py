@@ -46,7 +46,8 @@ def get(server, path, key=None):
 
 
 def greedy_torch(model_dir, prompt, max_new_tokens):
-    """What transformers' greedy generate() answers, decoded as the server decodes (trailing EOS dropped)."""
+    """What transformers' greedy generate() answers, decoded as evaluate decodes (trailing EOS dropped, special
+    tokens skipped, whitespace stripped)."""
     import torch
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
@@ -57,11 +58,11 @@ def greedy_torch(model_dir, prompt, max_new_tokens):
     eos = model.generation_config.eos_token_id
     if out and out[-1] in (eos if isinstance(eos, list) else [eos]):
         out = out[:-1]
-    return tok.decode(out, skip_special_tokens=True), len(ids), len(out)
+    return tok.decode(out, skip_special_tokens=True).strip(), len(ids), len(out)
 
 
 def greedy_ortgenai(model_dir, prompt, max_new_tokens):
-    """What ONNX Runtime GenAI's greedy search answers for the same prompt."""
+    """What ONNX Runtime GenAI's greedy search answers for the same prompt (decoded and stripped as optimize does)."""
     import onnxruntime_genai as og
 
     model = og.Model(str(model_dir))
@@ -77,7 +78,7 @@ def greedy_ortgenai(model_dir, prompt, max_new_tokens):
     eos = json.loads((model_dir / "genai_config.json").read_text())["model"]["eos_token_id"]
     if out and out[-1] in (eos if isinstance(eos, list) else [eos]):
         out = out[:-1]
-    return tok.decode(out) if out else "", len(ids), len(out)
+    return tok.decode(out).strip() if out else "", len(ids), len(out)
 
 
 @pytest.mark.parametrize("key, status", [

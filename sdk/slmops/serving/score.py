@@ -9,6 +9,9 @@ Request (POST /score, JSON): either `prompt` (a string) or chat `messages` ([{"r
 the model's chat template), plus optional `max_new_tokens` (1..SLMOPS_MAX_NEW_TOKENS, default 64) and
 `temperature` (0 = greedy, default 0). Response: `{"text", "prompt_tokens", "completion_tokens",
 "finish_reason": "stop"|"length", "model"}`. A bad request gets 400 with every problem listed, never a 500.
+
+Generation is `slmops.generation`'s, the code evaluate (PyTorch) and optimize (ORT GenAI) measure with: the same
+chat rendering, BOS rule, end-of-sequence ids, cut and decoding, so a greedy answer here is the evaluated one.
 The schema is published by the server at GET /swagger.json (from the inference-schema decorators below).
 """
 
@@ -24,6 +27,8 @@ from azureml_inference_server_http.api.aml_response import AMLResponse
 from inference_schema.parameter_types.standard_py_parameter_type import StandardPythonParameterType
 from inference_schema.schema_decorators import input_schema, output_schema
 
+from slmops import generation
+
 logger = logging.getLogger("azmlinfsrv.slmops")
 
 MAX_NEW_TOKENS = int(os.environ.get("SLMOPS_MAX_NEW_TOKENS", "512"))  # the cap a request may ask for
@@ -32,8 +37,9 @@ MAX_MESSAGES = 64
 ROLES = ("system", "user", "assistant")
 DEFAULT_MAX_NEW_TOKENS = 64
 
-# Set once by init(); run() only reads them. One generation at a time per worker: a small model saturates the
-# cores on its own, and the lock keeps torch / ORT GenAI state out of concurrent use from the server's threads.
+# Set once by init(); run() only reads them. One request at a time per worker: a small model saturates the
+# cores on its own, and the lock keeps torch / ORT GenAI state (tokenizer options included) out of concurrent use
+# from the server's threads.
 MODEL = None
 _LOCK = threading.Lock()
 
@@ -57,45 +63,33 @@ def find_model_dir(root: Path) -> Path:
 
 
 class OrtGenAIModel:
-    """An ONNX Runtime GenAI model folder (what `onnxruntime_genai.models.builder` and Olive produce)."""
+    """An ONNX Runtime GenAI model folder (what `onnxruntime_genai.models.builder` and Olive produce), generating
+    through `slmops.generation` exactly as the optimize step measures it."""
 
     kind = "onnx"
 
     def __init__(self, folder: Path):
         import onnxruntime_genai as og
 
-        self.og = og
         self.model = og.Model(str(folder))
         self.tokenizer = og.Tokenizer(self.model)
         config = json.loads((folder / "genai_config.json").read_text())
         self.context_length = int(config["model"]["context_length"])
-        eos = config["model"].get("eos_token_id", [])
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
 
     def render_chat(self, messages: list[dict]) -> str:
-        return self.tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
+        return generation.ort_render_chat(self.tokenizer, messages)
 
-    def encode(self, text: str, chat: bool) -> list[int]:
-        return [int(t) for t in self.tokenizer.encode(text)]
+    def encode(self, prompt: str) -> list[int]:
+        return generation.ort_encode(self.tokenizer, prompt)
 
-    def generate(self, ids: list[int], max_new_tokens: int, temperature: float) -> list[int]:
-        params = self.og.GeneratorParams(self.model)
-        options = {"max_length": len(ids) + max_new_tokens, "do_sample": temperature > 0}
-        if temperature > 0:
-            options.update(temperature=temperature, top_k=0, top_p=1.0)
-        params.set_search_options(**options)
-        generator = self.og.Generator(self.model, params)
-        generator.append_tokens(ids)
-        while not generator.is_done():
-            generator.generate_next_token()
-        return [int(t) for t in generator.get_sequence(0)][len(ids):]
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids) if ids else ""
+    def complete(self, prompts: list[str], max_new_tokens: list[int], temperature: float):
+        return generation.ort_completions(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                          batch_size=len(prompts), temperature=temperature)
 
 
 class TorchModel:
-    """A PyTorch causal LM: an MLflow `mlflow.transformers` folder or a Hugging Face folder (merged, no PEFT)."""
+    """A PyTorch causal LM: an MLflow `mlflow.transformers` folder or a Hugging Face folder (merged, no PEFT),
+    loaded in float32 and generating through `slmops.generation` exactly as the evaluate step measures it."""
 
     kind = "pytorch"
 
@@ -104,32 +98,19 @@ class TorchModel:
 
         from slmops.models import load_causal_lm, load_tokenizer
 
-        self.torch = torch
         self.tokenizer = load_tokenizer(folder)
-        self.model = load_causal_lm(folder).eval()
+        self.model = load_causal_lm(folder, dtype=torch.float32).eval()  # evaluate's dtype
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 10**9)
-        eos = self.model.generation_config.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
 
     def render_chat(self, messages: list[dict]) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return generation.torch_render_chat(self.tokenizer, messages)
 
-    def encode(self, text: str, chat: bool) -> list[int]:
-        # A rendered chat template already holds the special tokens (BOS etc.); a raw prompt gets them added.
-        return list(self.tokenizer(text, add_special_tokens=not chat)["input_ids"])
+    def encode(self, prompt: str) -> list[int]:
+        return generation.torch_encode(self.tokenizer, prompt)
 
-    def generate(self, ids: list[int], max_new_tokens: int, temperature: float) -> list[int]:
-        kwargs = {"do_sample": temperature > 0}
-        if temperature > 0:
-            kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
-        with self.torch.inference_mode():
-            out = self.model.generate(self.torch.tensor([ids]), attention_mask=self.torch.ones(1, len(ids),
-                                      dtype=self.torch.long), max_new_tokens=max_new_tokens,
-                                      pad_token_id=self.tokenizer.pad_token_id, **kwargs)
-        return out[0, len(ids):].tolist()
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+    def complete(self, prompts: list[str], max_new_tokens: list[int], temperature: float):
+        return generation.torch_completions(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                            batch_size=len(prompts), temperature=temperature)
 
 
 def load_model(folder: Path):
@@ -204,19 +185,16 @@ def run(prompt=None, messages=None, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, tempe
     problems = request_problems(messages, prompt, max_new_tokens, temperature)
     if problems:
         return bad_request(problems)
-    text = MODEL.render_chat(messages) if messages is not None else prompt
-    ids = MODEL.encode(text, chat=messages is not None)
-    if not ids:
-        return bad_request(["the prompt encodes to zero tokens"])
-    if len(ids) + max_new_tokens > MODEL.context_length:
-        return bad_request([f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceed the model's "
-                            f"context of {MODEL.context_length} tokens; shorten the prompt or lower max_new_tokens"])
+    # Rendering and encoding too are inside the lock: ORT GenAI's tokenizer options are set on each encode.
     with _LOCK:
-        new_ids = MODEL.generate(ids, max_new_tokens, float(temperature))
-    finish = "length"
-    if new_ids and new_ids[-1] in MODEL.eos_ids:
-        new_ids, finish = new_ids[:-1], "stop"
-    elif len(new_ids) < max_new_tokens:
-        finish = "stop"   # ended on an end token the runtime does not return (ORT GenAI leaves it out)
-    return {"text": MODEL.decode(new_ids), "prompt_tokens": len(ids), "completion_tokens": len(new_ids),
-            "finish_reason": finish, "model": MODEL.name}
+        text = MODEL.render_chat(messages) if messages is not None else prompt
+        n_prompt = len(MODEL.encode(text))
+        if not n_prompt:
+            return bad_request(["the prompt encodes to zero tokens"])
+        if n_prompt + max_new_tokens > MODEL.context_length:
+            return bad_request([f"prompt ({n_prompt} tokens) + max_new_tokens ({max_new_tokens}) exceed the "
+                                f"model's context of {MODEL.context_length} tokens; shorten the prompt or lower "
+                                "max_new_tokens"])
+        [done] = MODEL.complete([text], [max_new_tokens], float(temperature))
+    return {"text": done.text, "prompt_tokens": done.prompt_tokens, "completion_tokens": len(done.ids),
+            "finish_reason": done.finish_reason, "model": MODEL.name}
