@@ -25,7 +25,7 @@ from pathlib import Path
 from slmops.errors import UserError
 
 SUFFIXES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-FORMATS = ("template", "prompt_completion", "messages")
+FORMATS = ("template", "chat", "prompt_completion", "messages")
 ROLES = ("system", "user", "assistant")
 
 
@@ -335,33 +335,53 @@ def render_prompt_completion(rows: list[Row], prompt_column: str, completion_col
 
 def render_messages(rows: list[Row], messages_column: str, label_column: str | None,
                     tokenizer) -> tuple[list[Example], list[str]]:
-    """Render chat `messages` with the tokenizer's chat template.
-
-    prompt = every turn before the final assistant turn, with the generation prompt appended;
-    completion = what the template writes for the final assistant turn (its content and end marker).
-    """
-    from jinja2 import TemplateError
-
+    """Render chat `messages` with the tokenizer's chat template (see `render_chat_turns`)."""
     examples, problems = [], []
     for row in rows:
         before = len(problems)
         messages = _messages(row, messages_column, problems)
         label = _label(row, label_column, problems)
+        if len(problems) == before:
+            render_chat_turns(row, messages, label, tokenizer, f"field {messages_column!r}", examples, problems)
+    return examples, problems
+
+
+def render_chat(rows: list[Row], template: str, completion_column: str, system_prompt: str | None,
+                label_column: str | None, tokenizer) -> tuple[list[Example], list[str]]:
+    """One user turn filled from `template`, the answer from `completion_column`, an optional system turn: rendered
+    with the model's own chat template, the way the model was instruction-tuned to read a request."""
+    fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    examples, problems = [], []
+    for row in rows:
+        before = len(problems)
+        values = {f: _field(row, f, "used by --template", problems) for f in fields}
+        answer = _field(row, completion_column, "the completion column", problems)
+        label = _label(row, label_column, problems)
         if len(problems) > before:
             continue
-        try:
-            prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-            full = tokenizer.apply_chat_template(messages, tokenize=False)
-        except TemplateError as exc:  # e.g. a template that does not accept a system turn
-            problems.append(f"{row.where}: field {messages_column!r}: the model's chat template rejected these "
-                            f"messages ({exc})")
-            continue
-        if full.startswith(prompt):
-            completion = full[len(prompt):]
-        else:  # templates that rewrite earlier turns (e.g. drop past reasoning): keep the content itself
-            completion = messages[-1]["content"]
-        examples.append(Example(row.where, prompt, completion, label))
+        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+            {"role": "user", "content": template.format(**values)}, {"role": "assistant", "content": answer}]
+        render_chat_turns(row, messages, label, tokenizer, "--template", examples, problems)
     return examples, problems
+
+
+def render_chat_turns(row: Row, messages: list[dict], label, tokenizer, what: str, examples: list[Example],
+                      problems: list[str]) -> None:
+    """prompt = every turn before the final assistant turn, with the generation prompt appended;
+    completion = what the template writes for the final assistant turn (its content and end marker)."""
+    from jinja2 import TemplateError
+
+    try:
+        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+    except TemplateError as exc:  # e.g. a template that does not accept a system turn
+        problems.append(f"{row.where}: {what}: the model's chat template rejected these messages ({exc})")
+        return
+    if full.startswith(prompt):
+        completion = full[len(prompt):]
+    else:  # templates that rewrite earlier turns (e.g. drop past reasoning): keep the content itself
+        completion = messages[-1]["content"]
+    examples.append(Example(row.where, prompt, completion, label))
 
 
 def _messages(row: Row, column: str, problems: list[str]) -> list[dict] | None:
@@ -439,9 +459,9 @@ def drop_duplicates(examples: list[Example]) -> tuple[list[Example], int]:
 
 def split_indices(labels: list[str | None], fraction: float, seed: int,
                   stratify: bool) -> tuple[list[int], list[int]]:
-    """Indices of (train, validation), each in source order; deterministic for `seed`.
+    """Indices of (kept, held out), each in source order; deterministic for `seed`.
 
-    The validation size is round(n * fraction) (at least 1 when fraction > 0). Stratified: each label gets its
+    The held-out size is round(n * fraction) (at least 1 when fraction > 0). Stratified: each label gets its
     proportional share, the rounding remainders going to the labels with the largest fractional parts.
     """
     n = len(labels)
@@ -468,6 +488,16 @@ def split_indices(labels: list[str | None], fraction: float, seed: int,
             val.update(members[:quota[k]])
     train = [i for i in range(n) if i not in val]
     return train, sorted(val)
+
+
+def split_three(labels: list[str | None], validation_fraction: float, test_fraction: float, seed: int,
+                stratify: bool) -> tuple[list[int], list[int], list[int]]:
+    """Indices of (train, validation, test): test is held out first (a share of all rows), then validation (a share
+    of all rows, taken from what is left), both stratified by label when asked; deterministic for `seed`."""
+    rest, test = split_indices(labels, test_fraction, seed, stratify)
+    share = validation_fraction / (1 - test_fraction) if validation_fraction and test_fraction < 1 else 0.0
+    kept, val = split_indices([labels[i] for i in rest], share, seed + 1, stratify)
+    return [rest[i] for i in kept], [rest[i] for i in val], test
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -164,3 +164,18 @@ def test_dry_run_cli_prints_json_and_makes_no_network_call(monkeypatch):
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["job"]["properties"]["jobs"]["finetune"]["resources"] == {"instance_count": 2}
+
+
+@pytest.mark.parametrize("sets, given", [
+    ({}, set()),
+    ({"base_model_id": "HuggingFaceTB/SmolLM2-135M-Instruct"}, {"base_model_id"}),
+    ({"base_model": "sdk"}, {"base_model"}),
+])
+def test_unset_model_inputs_are_left_out_of_the_job(project_envs, sets, given):
+    """`base_model: {type: custom_model}` and `base_model_id: ""` are declared but not given: neither they nor the
+    job inputs bound to them reach the REST body (as azure-ai-ml does for an empty literal), so each step's
+    `$[[--base_model ...]]` part is dropped, the same as locally."""
+    job = payload_of(ROOT / "pipelines" / "finetune.yaml", project_envs, sets)["job"]["properties"]
+    assert {"base_model", "base_model_id"} & set(job["inputs"]) == given
+    for step in ("prep", "finetune", "evaluate", "register"):
+        assert {"base_model", "base_model_id"} & set(job["jobs"][step]["inputs"]) == given, step

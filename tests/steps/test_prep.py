@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from slmops import data
+from slmops.errors import UserError
 from slmops.errors import run_main
 from slmops.steps.prep import build_parser, main
 from slmops.tiny import tone_dataset
@@ -38,21 +39,27 @@ def read_jsonl(path: Path) -> list[dict]:
 # --- the fixture other steps use ------------------------------------------------------------------------------
 
 def test_prepared_data_fixture_golden(prepared_data, tiny_model):
-    """Golden numbers for the 600-row tone set: no duplicates, 60 held out, 12 per label."""
+    """Golden numbers for the 600-row tone set: no duplicates, 60 held out for validation and 60 for test, 12 per
+    label in each."""
     from slmops.models import load_tokenizer
 
     report = json.loads((prepared_data / "data_report.json").read_text())
-    assert report["rows"] == {"raw": 600, "duplicates_dropped": 0, "examples": 600, "train": 540,
-                              "validation": 60}
+    assert report["rows"] == {"raw": 600, "duplicates_dropped": 0, "examples": 600, "train": 480,
+                              "validation": 60, "test": 60}
     assert report["labels"]["validation"] == {k: 12 for k in ("angry", "fearful", "joyful", "neutral", "sad")}
-    assert report["labels"]["train"] == {k: 108 for k in ("angry", "fearful", "joyful", "neutral", "sad")}
+    assert report["labels"]["test"] == {k: 12 for k in ("angry", "fearful", "joyful", "neutral", "sad")}
+    assert report["labels"]["train"] == {k: 96 for k in ("angry", "fearful", "joyful", "neutral", "sad")}
     assert report["truncated"] == {"prompt": 0, "completion": 0}
     assert report["token_lengths"]["all"] == {"min": 24, "mean": 25.96, "p50": 26, "p95": 28, "max": 29}
     assert len(report["sha256"]) == 64
 
     tok = load_tokenizer(tiny_model)
     train = read_jsonl(prepared_data / "train.jsonl")
-    assert len(train) == 540
+    assert len(train) == 480
+    splits = {name: {r["prompt"] for r in read_jsonl(prepared_data / f"{name}.jsonl")}
+              for name in ("train", "validation", "test")}
+    assert not splits["train"] & splits["test"] and not splits["validation"] & splits["test"]
+    assert not splits["train"] & splits["validation"]
     first = train[0]
     assert set(first) == {"prompt", "completion", "label", "input_ids", "prompt_length"}
     assert first["prompt"].endswith("<|end|>\n<|assistant|>\n") and first["completion"] == first["label"]
@@ -85,6 +92,13 @@ FORMATS = [
                                                 {"role": "assistant", "content": f"d{i}"}]},
      ["--format", "messages", "--messages_column", "chat"],
      "<|user|>\na<|end|>\n<|assistant|>\nb<|end|>\n<|user|>\nc0<|end|>\n<|assistant|>\n", "d0<|end|>\n"),
+    ("chat", lambda i: {"phrase": f"p{i}", "tone": "calm"},
+     ["--format", "chat", "--template", "Tone of: {phrase}", "--completion_column", "tone"],
+     "<|user|>\nTone of: p0<|end|>\n<|assistant|>\n", "calm<|end|>\n"),
+    ("chat_with_system", lambda i: {"phrase": f"p{i}", "tone": "calm"},
+     ["--format", "chat", "--template", "Tone of: {phrase}", "--completion_column", "tone",
+      "--system_prompt", "Answer with one word."],
+     "<|system|>\nAnswer with one word.<|end|>\n<|user|>\nTone of: p0<|end|>\n<|assistant|>\n", "calm<|end|>\n"),
 ]
 
 
@@ -94,13 +108,15 @@ def test_formats(tmp_path, tiny_model, make_row, args, prompt, completion):
 
     src = write_jsonl(tmp_path / "d.jsonl", [make_row(i) for i in range(20)])
     out = tmp_path / "out"
-    report = run_prep(tiny_model, out, "--data", str(src), "--validation_fraction", "0", *args)
-    assert report["rows"] == {"raw": 20, "duplicates_dropped": 0, "examples": 20, "train": 20, "validation": 0}
+    report = run_prep(tiny_model, out, "--data", str(src), "--validation_fraction", "0", "--test_fraction", "0", *args)
+    assert report["rows"] == {"raw": 20, "duplicates_dropped": 0, "examples": 20, "train": 20, "validation": 0,
+                              "test": 0}
     rows = read_jsonl(out / "train.jsonl")
     assert (rows[0]["prompt"], rows[0]["completion"]) == (prompt, completion)
     assert (out / "validation.jsonl").read_text() == ""
     tok = load_tokenizer(tiny_model)
-    p = tok(prompt, add_special_tokens="messages" not in args)["input_ids"]  # chat templates add their own
+    chat = "messages" in args or "chat" in args
+    p = tok(prompt, add_special_tokens=not chat)["input_ids"]  # chat templates add their own
     assert rows[0]["input_ids"] == p + tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     assert rows[0]["prompt_length"] == len(p)
 
@@ -231,13 +247,45 @@ def test_max_rows(tmp_path, tiny_model, tone_jsonl):
 
 # --- hold-out and dedup ---------------------------------------------------------------------------------------
 
+def test_separate_test_file_is_the_test_split_and_never_trained_on(tmp_path, tiny_model):
+    rows = [{"x": f"item {i}", "y": "ab"[i % 2]} for i in range(40)]
+    src = write_jsonl(tmp_path / "d.jsonl", rows)
+    test = write_jsonl(tmp_path / "t.jsonl", [{"x": f"item {i}", "y": "ab"[i % 2]} for i in (0, 1, 2, 100, 101)]
+                       + [{"x": "item 100", "y": "a"}])
+    report = run_prep(tiny_model, tmp_path / "o", "--data", str(src), "--template", "{x} => {y}",
+                      "--label_column", "y", "--validation_fraction", "0.1", "--test_data", str(test))
+    assert report["rows"] == {"raw": 40, "duplicates_dropped": 0, "examples": 42, "train": 33, "validation": 4,
+                              "test": 5, "test_raw": 6, "test_duplicates_dropped": 1,
+                              "train_rows_dropped_as_test_prompts": 3}
+    tested = {r["prompt"] for r in read_jsonl(tmp_path / "o" / "test.jsonl")}
+    trained = {r["prompt"] for name in ("train", "validation") for r in read_jsonl(tmp_path / "o" / f"{name}.jsonl")}
+    assert tested == {"item 0 => ", "item 1 => ", "item 2 => ", "item 100 => ", "item 101 => "}
+    assert not tested & trained
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--test_data", "nowhere.jsonl"], "--test_data 'nowhere.jsonl' is not a file"),
+    (["--validation_fraction", "0.5", "--test_fraction", "0.45"], "leave less than 10 % of the rows"),
+    (["--system_prompt", "hi"], "--system_prompt is only used with --format chat"),
+    (["--format", "chat"], "--format chat needs --template"),
+])
+def test_split_and_chat_argument_problems(tmp_path, tiny_model, args, words):
+    src = write_jsonl(tmp_path / "d.jsonl", [{"x": f"i{i}", "y": "a"} for i in range(20)])
+    template = [] if "chat" in args else ["--template", "{x} => {y}"]
+    with pytest.raises(UserError) as err:
+        run_prep(tiny_model, tmp_path / "o", "--data", str(src), *template, *args)
+    assert any(words in p for p in err.value.problems), err.value.problems
+    assert not (tmp_path / "o").exists()
+
+
 def test_stratified_split_keeps_label_proportions(tmp_path, tiny_model):
     rows = [{"x": f"item {i}", "y": y} for i, y in enumerate(["a"] * 140 + ["b"] * 40 + ["c"] * 20)]
     src = write_jsonl(tmp_path / "d.jsonl", rows)
     report = run_prep(tiny_model, tmp_path / "o", "--data", str(src), "--template", "{x} => {y}",
-                      "--label_column", "y", "--validation_fraction", "0.15")
+                      "--label_column", "y", "--validation_fraction", "0.15", "--test_fraction", "0.1")
+    assert report["labels"]["test"] == {"a": 14, "b": 4, "c": 2}
     assert report["labels"]["validation"] == {"a": 21, "b": 6, "c": 3}
-    assert report["labels"]["train"] == {"a": 119, "b": 34, "c": 17}
+    assert report["labels"]["train"] == {"a": 105, "b": 30, "c": 15}
     val = read_jsonl(tmp_path / "o" / "validation.jsonl")
     assert Counter(r["label"] for r in val) == {"a": 21, "b": 6, "c": 3}
 
@@ -266,8 +314,9 @@ def test_exact_duplicates_dropped(tmp_path, tiny_model):
     rows = [{"q": f"q{i}", "a": "x"} for i in range(12)] + [{"q": "q3", "a": "x"}] * 3 + [{"q": "q3", "a": "y"}]
     src = write_jsonl(tmp_path / "d.jsonl", rows)
     report = run_prep(tiny_model, tmp_path / "o", "--data", str(src), "--template", "{q}:{a}",
-                      "--validation_fraction", "0")
-    assert report["rows"] == {"raw": 16, "duplicates_dropped": 3, "examples": 13, "train": 13, "validation": 0}
+                      "--validation_fraction", "0", "--test_fraction", "0")
+    assert report["rows"] == {"raw": 16, "duplicates_dropped": 3, "examples": 13, "train": 13, "validation": 0,
+                              "test": 0}
 
 
 # --- truncation -----------------------------------------------------------------------------------------------

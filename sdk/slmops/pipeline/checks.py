@@ -7,7 +7,9 @@ naming a missing input, `${{inputs.x}}`/`${{outputs.y}}` in commands, missing `c
 cannot run on this machine. Each finding is an error (what Azure ML rejects) or a warning (what Azure ML accepts
 but is probably a mistake, or what only a local run cannot do); `target` says which command asks:
 
-    "local"   `slmops run`: cloud-only data and multi-node/mpi/tensorflow jobs are errors (they cannot run here)
+    "local"   `slmops run`: multi-node/mpi/tensorflow jobs and job types other than command/sweep/pipeline are errors
+              (they cannot run here); data that lives in a workspace is left to the runner (`slmops.runner.assets`),
+              which maps it to a local stand-in or says how to give one
     "any"     `slmops validate`: those are warnings about local execution
     "azure"   `slmops submit`: they are fine
 """
@@ -47,18 +49,104 @@ def input_specs(component_dict: dict) -> dict[str, dict]:
 ASSET_REF = re.compile(r"^[A-Za-z0-9][\w.-]*(?::[\w.-]+|@latest)$")
 
 
+DATASTORE_URI = re.compile(r"^azureml://(?:.*/)?datastores/(?P<store>[^/]+)/paths/(?P<path>.*)$")
+ASSET_URI = re.compile(r"^azureml://(?:.*/)?(?P<what>data|models)/(?P<name>[^/]+)"
+                       r"(?:/versions/(?P<version>[^/]+)|/labels/(?P<label>[^/]+))?/?$")
+MODEL_TYPES = ("mlflow_model", "custom_model", "triton_model")
+
+
+def cloud_ref(ref: str, kind: str) -> dict:
+    """What a data path that is not a local file names, as fields of its binding (`ref` says which kind):
+
+        {"ref": "asset", "asset": "data"|"model", "name", "version"|"label"}   azureml:name:1, azureml:name@latest,
+                                                                               azureml://.../data/name/versions/1
+        {"ref": "datastore", "datastore": name, "datastore_path": p}           azureml://datastores/name/paths/p
+        {"ref": "url"}                                                         http(s)://...
+        {"ref": "storage"}                                                     wasbs://, abfss://, s3://, ...
+    """
+    what = "model" if kind in MODEL_TYPES else "data"
+    if m := DATASTORE_URI.match(ref):
+        return {"ref": "datastore", "datastore": m["store"], "datastore_path": m["path"]}
+    if m := ASSET_URI.match(ref):
+        found = {"ref": "asset", "asset": "model" if m["what"] == "models" else "data", "name": m["name"]}
+        return dict(found, **({"version": m["version"]} if m["version"] else {"label": m["label"] or "latest"}))
+    if ref.startswith("azureml:") and not ref.startswith("azureml://"):
+        name = ref[len("azureml:"):]
+        if "@" in name:
+            name, label = name.split("@", 1)
+            return {"ref": "asset", "asset": what, "name": name, "label": label}
+        name, _, version = name.partition(":")
+        return {"ref": "asset", "asset": what, "name": name, **({"version": version} if version else {"label": "latest"})}
+    if ref.startswith(("http://", "https://")):
+        return {"ref": "url"}
+    return {"ref": "storage"}
+
+
 def data_binding(path: str, kind: str, base: Path) -> dict:
-    """A data input path: `azureml://...`, `azureml:name:1`, `https://...` stay cloud references; the rest is local."""
+    """A data input path: `azureml://...`, `azureml:name:1`, `https://...` stay cloud references (with `cloud_ref`'s
+    fields, resolved by the local runner); the rest is local."""
     if path.startswith("azureml:"):
         local = base / path[len("azureml:"):]
         if not path.startswith("azureml://") and local.exists():
             return {"path": str(local.resolve()), "type": kind}
-        return {"cloud": path, "type": kind}
+        return {"cloud": path, "type": kind, **cloud_ref(path, kind)}
     if "://" in path:
-        return {"cloud": path, "type": kind}
+        return {"cloud": path, "type": kind, **cloud_ref(path, kind)}
     if ASSET_REF.match(path) and not (base / path).exists():
-        return {"cloud": f"azureml:{path}", "type": kind}
+        return {"cloud": f"azureml:{path}", "type": kind, **cloud_ref(f"azureml:{path}", kind)}
     return {"path": str((base / path).resolve()), "type": kind}
+
+
+# Job types Azure ML runs that this machine cannot, and the nearest thing that runs here.
+LOCAL_ALTERNATIVE = {
+    "automl": "AutoML needs the Azure ML service. Fix: locally, train with a command job (or a sweep job over a "
+              "training component) and feed its model output to the consumers",
+    "parallel": "parallel jobs need Azure ML's mini-batch runtime. Fix: locally, run the entry script over the whole "
+                "input as one command job (it can loop over the files itself)",
+    "spark": "Spark jobs need a Spark pool. Fix: locally, run the entry file as a command job with pyspark in local "
+             "mode (spark.master local[*])",
+    "import": "data import jobs need a workspace connection. Fix: locally, copy the data yourself and pass it with "
+              "--set INPUT=./path or a local path in the YAML",
+    "data_transfer": "data transfer jobs need Azure ML's copy service. Fix: locally, copy the data with a command job",
+    "flow": "prompt flows need the promptflow runtime. Fix: locally, run `pf flow test` in a command job",
+}
+DISTRIBUTION_ALTERNATIVE = {
+    "mpi": "Fix: use `type: pytorch` with process_count_per_instance (torchrun-style ranks), or run one process locally",
+    "tensorflow": "Fix: use `type: pytorch`-style ranks or run one process (TF_CONFIG is not set up locally)",
+}
+
+
+def unsupported_job(kind: str) -> str:
+    return LOCAL_ALTERNATIVE.get(kind, "Fix: use command, sweep or pipeline jobs locally (Azure ML runs it)")
+
+
+def conda_requirement_files(conda: dict, folder: Path, sources: set[str]) -> dict:
+    """The conda file with each `-r FILE` / `--requirement FILE` of its pip section replaced by that file's lines
+    (relative to the conda file, as conda and pip read them), so the local runner builds exactly what Azure ML's
+    image build would, and an edit to the requirements file changes the environment. The files join `sources`."""
+    def expand(lines, seen):
+        out = []
+        for line in lines:
+            text = str(line).strip()
+            match = re.match(r"^(?:-r|--requirement)\s*=?\s*(\S+)$", text)
+            if not match:
+                out.append(line)
+                continue
+            path = (folder / match.group(1)).resolve()
+            if not path.is_file() or path in seen:
+                out.append(line)          # the runner reports a file it cannot read
+                continue
+            sources.add(str(path))
+            inner = [ln.split(" #")[0].strip() for ln in path.read_text().splitlines()]
+            out += expand([ln for ln in inner if ln and not ln.startswith("#")], seen | {path})
+        return out
+
+    deps = []
+    for dep in conda.get("dependencies") or []:
+        if isinstance(dep, dict) and isinstance(dep.get("pip"), list):
+            dep = dict(dep, pip=expand(dep["pip"], frozenset()))
+        deps.append(dep)
+    return dict(conda, dependencies=deps)
 
 
 # ------------------------------------------------------------------------------------------------ the builder
@@ -102,7 +190,7 @@ class Builder:
                                          "Fix: declare it under the pipeline's inputs or correct the name.")
                     return None
                 self.used_inputs.add((prefix, m["input"]))
-                return scope_inputs[m["input"]]
+                return scope_inputs[m["input"]]        # None: an optional pipeline input that was not given
             if m["job"]:
                 job = scope_jobs.get(m["job"])
                 if job is None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slmops.errors import UserError
-from slmops.pipeline.checks import TARGETS, Builder, data_binding
+from slmops.pipeline.checks import BINDING, TARGETS, Builder, data_binding
 from slmops.pipeline.graph import Graph, toposort
 from slmops.pipeline.overrides import compute_overrides, typed_overrides
 
@@ -187,12 +187,18 @@ def _check(loaded: Loaded, job, target: str) -> None:
     scope_inputs = {}
     for name, pipeline_input in (job.inputs or {}).items():
         raw = getattr(pipeline_input, "_data", pipeline_input)
-        if raw is not None and hasattr(raw, "path") and not isinstance(raw, str):
+        if raw is not None and hasattr(raw, "type") and not isinstance(raw, str) and getattr(raw, "path", None) is None \
+                and getattr(raw, "default", None) is None:
+            scope_inputs[name] = None        # declared (`{type: custom_model}`) and not given: binds to nothing
+        elif raw is not None and hasattr(raw, "path") and not isinstance(raw, str):
             scope_inputs[name] = data_binding(str(raw.path), raw.type or "uri_folder", base)
             if "cloud" in scope_inputs[name]:
                 scope_inputs[name]["from"] = name
+        elif raw == "":
+            scope_inputs[name] = None        # azure-ai-ml leaves an empty literal out of the REST body: not given
         elif raw is not None:
             scope_inputs[name] = {"value": raw}
+    _leave_out_unset(job, {name for name, value in scope_inputs.items() if value is None})
     pipeline_outputs: dict[str, dict] = {}
     builder.scope(job.jobs, scope_inputs, "", base, None, pipeline_outputs)
     builder.unused_inputs("", scope_inputs, "")
@@ -210,6 +216,20 @@ def _check(loaded: Loaded, job, target: str) -> None:
         nodes=builder.nodes, outputs={k: v for k, v in pipeline_outputs.items() if v is not None},
         force_rerun=bool((settings or {}).get("force_rerun", False)),
     )
+
+
+def _leave_out_unset(job, unset: set[str]) -> None:
+    """Pipeline inputs declared without a value (`{type: custom_model}`, `""`) and the job inputs bound to them are
+    left out of the job, as azure-ai-ml already does for an empty literal: the component input is then not given
+    (its `$[[ ]]` part of the command is dropped), the same locally and on Azure ML."""
+    for name in unset:
+        if name in job.inputs:
+            job.inputs[name]._data = None
+    for node in job.jobs.values():
+        for node_input in (getattr(node, "inputs", None) or {}).values():
+            data = getattr(node_input, "_data", None)
+            if isinstance(data, str) and (m := BINDING.match(data.strip())) and m["input"] in unset:
+                node_input._data = None
 
 
 # ------------------------------------------------------------------------------------------------ azure-ai-ml
