@@ -12,6 +12,12 @@ References a user may pass for a model:
     folder = registry.resolve("models:/slmops-tone@candidate", tracking_uri=uri, cache_dir=Path("~/.cache/slmops"))
     registry.require_gate_passed(uri, "slmops-tone", "3")      # GateFailed unless tagged gate=passed
     previous = registry.set_alias(uri, "slmops-tone", "production", "3")
+
+What register records and serve/promote check (register calls these):
+    registry.gate_verdict(checks)          # "passed", or "none" when no threshold was given (promote refuses it
+                                           # unless allow_ungated)
+    hashes = weights.verify_weights(folder)   # UserError naming a truncated/damaged file; {file: sha256}
+    registry.weights_tags(hashes)          # {"weights.sha256": JSON}; resolve() checks a download against it
 """
 
 from __future__ import annotations
@@ -25,11 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from time import sleep
 
+from slmops import tracking, weights
 from slmops.errors import GateFailed, UserError
 from slmops.io import atomic_dir
 
-GATE_TAG = "gate"  # "passed" on every version register created; promotion refuses anything else
+GATE_TAG = "gate"  # "passed" (thresholds given and met) or "none" (no thresholds given); promotion needs "passed"
+GATE_PASSED, GATE_NONE = "passed", "none"
 GATE_CHECKS_TAG = "gate.checks"  # JSON list of the checks behind it
+WEIGHTS_TAG = "weights.sha256"  # JSON {path in the registered folder: sha256} of every weight file
 REF_FORMS = "a local model folder, models:/NAME@ALIAS, models:/NAME/VERSION or NAME:VERSION"
 
 _NAME = r"[^/:@\s]+"
@@ -68,12 +77,33 @@ def parse_ref(ref: str) -> ModelRef | None:
     return None
 
 
+_opened: set[str] = set()  # tracking URIs whose store this process has opened once
+
+
 def client(tracking_uri: str):
-    """An MlflowClient for tracking and registry at `tracking_uri`."""
+    """An MlflowClient for tracking and registry at `tracking_uri`. A sqlite store is created safely when new
+    (slmops.tracking.ensure_store); one that cannot be opened is a UserError naming the file and the fix."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    db = tracking.sqlite_path(tracking_uri)
+    if db is not None and tracking_uri not in _opened:
+        tracking.ensure_store(tracking_uri)
+    c = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    if db is not None and tracking_uri not in _opened:
+        try:  # both stores open (and verify their schema) on first use
+            c.search_experiments(max_results=1)
+            c.search_registered_models(max_results=1)
+        except Exception as exc:
+            if any(m in str(exc) for m in _BUSY_MESSAGES):
+                raise
+            first = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"the MLflow store {db} cannot be opened: {first}. If MLflow says its schema is out of "
+                            f"date, back it up and run: mlflow db upgrade {tracking_uri}; otherwise it is damaged: "
+                            f"move it aside (mv {db} {db}.damaged) and run again to start a new store, or restore "
+                            f"a backup") from None
+        _opened.add(tracking_uri)
+    return c
 
 
 def get_version(tracking_uri: str, ref: ModelRef):
@@ -124,7 +154,10 @@ def resolve(ref: str | os.PathLike, *, tracking_uri: str | None, cache_dir: Path
     mv = get_version(tracking_uri, parsed)
     registry_key = hashlib.sha256(tracking_uri.encode()).hexdigest()[:12]
     dest = Path(cache_dir).expanduser() / registry_key / parsed.name / str(mv.version)
+    expected = recorded_hashes(dict(mv.tags))
     if dest.is_dir() and any(dest.iterdir()):
+        if expected:
+            weights.check_hashes(dest, expected)
         return dest
     # Ask our client where the files are (download_artifacts("models:/...") would consult the global registry URI).
     location = client(tracking_uri).get_model_version_download_uri(parsed.name, str(mv.version))
@@ -134,6 +167,8 @@ def resolve(ref: str | os.PathLike, *, tracking_uri: str | None, cache_dir: Path
         for child in got.iterdir():  # the download is `<dst>/<source folder name>/...`: keep only the contents
             os.replace(child, tmp / child.name)
         shutil.rmtree(tmp / "download")
+        if expected:  # a damaged registered copy never reaches the cache
+            weights.check_hashes(tmp, expected)
     return dest
 
 
@@ -142,13 +177,47 @@ def version_tags(tracking_uri: str, name: str, version: str) -> dict[str, str]:
     return dict(get_version(tracking_uri, ModelRef(name, version=str(version))).tags)
 
 
-def require_gate_passed(tracking_uri: str, name: str, version: str) -> dict[str, str]:
-    """Return the version's tags, or raise GateFailed when it is not tagged gate=passed."""
+def gate_verdict(checks: list[dict]) -> str:
+    """The `gate` tag for a registration with these checks: "passed" when there were checks and all passed, "none"
+    when no threshold was given (a failed gate registers nothing, so it never gets here)."""
+    if not checks:
+        return GATE_NONE
+    if not all(c.get("passed") for c in checks):
+        raise ValueError("a failed gate registers nothing; gate_verdict() is for registrations only")
+    return GATE_PASSED
+
+
+def require_gate_passed(tracking_uri: str, name: str, version: str, *, allow_ungated: bool = False) -> dict[str, str]:
+    """Return the version's tags, or raise GateFailed when it is not tagged gate=passed (gate=none, registered
+    without thresholds, is accepted only with `allow_ungated`)."""
     tags = version_tags(tracking_uri, name, version)
-    if tags.get(GATE_TAG) != "passed":
-        raise GateFailed(f"model {name!r} version {version} has {GATE_TAG}={tags.get(GATE_TAG)!r}, not 'passed'; "
+    gate = tags.get(GATE_TAG)
+    if gate == GATE_NONE and not allow_ungated:
+        raise GateFailed(f"model {name!r} version {version} was registered without a quality gate ({GATE_TAG}=none: "
+                         f"no --min_accuracy/--min_gain/--max_optimized_drop); register it with thresholds, or "
+                         f"pass --allow-ungated to promote it anyway")
+    if gate not in (GATE_PASSED, GATE_NONE):
+        raise GateFailed(f"model {name!r} version {version} has {GATE_TAG}={gate!r}, not 'passed'; "
                          f"only versions registered by a passing register step can be promoted")
     return tags
+
+
+def weights_tags(hashes: dict[str, str]) -> dict[str, str]:
+    """The version tag recording the sha256 of each weight file (slmops.weights.verify_weights' result)."""
+    return {WEIGHTS_TAG: tags_json(hashes)} if hashes else {}
+
+
+def recorded_hashes(tags: dict[str, str]) -> dict[str, str] | None:
+    """{file: sha256} recorded by register on a version, or None (a version registered before hashes were)."""
+    raw = tags.get(WEIGHTS_TAG)
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise UserError(f"the {WEIGHTS_TAG} tag of this model version is not JSON ({raw[:80]!r}); re-register the "
+                        f"model") from None
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else None
 
 
 def set_alias(tracking_uri: str, name: str, alias: str, version: str) -> str | None:

@@ -8,20 +8,162 @@ step only has to log. Run outside either (plain `python -m slmops.steps.x`), not
     with tracking.step_run() as run:      # run is None when tracking is off
         tracking.log_params({"lr": 1e-4})
         tracking.log_metrics({"loss": 1.2}, step=10)
+
+The embedded sqlite store (`sqlite:///mlflow.db`) is created by `ensure_store(uri)`: under a file lock beside
+the database, migrated in a temp file that is renamed into place, so any number of processes may start at once on
+a new path; a store that is damaged anyway is a UserError naming the file and the fix. `step_run()` and
+`slmops.registry.client()` call it; the local runner calls it before creating its store.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import sqlite3
+import time
+import urllib.parse
+from pathlib import Path
+
+from slmops.errors import UserError
 
 _active = False
+_SQLITE = "sqlite:///"
+# Tables every MLflow 3 store has once its migrations ran (tracking and registry share the database).
+_CORE_TABLES = {"experiments", "runs", "metrics", "params", "tags", "registered_models", "model_versions",
+                "model_version_tags", "registered_model_aliases"}
 
 
 def enabled() -> bool:
     if int(os.environ.get("RANK", "0")) != 0:
         return False
     return bool(os.environ.get("MLFLOW_RUN_ID") or os.environ.get("MLFLOW_TRACKING_URI"))
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (relative to the working directory unless absolute); None for any
+    other URI and for an in-memory database."""
+    if not uri.startswith(_SQLITE):
+        return None
+    rest = uri[len(_SQLITE):].split("?", 1)[0]
+    return Path(rest) if rest and rest != ":memory:" else None
+
+
+def _inspect(db: Path) -> tuple[str, str]:
+    """("ready" | "new" | "damaged", why): a store we can open, a file to create (missing, empty, or an sqlite file
+    without tables), or a damaged one. Standard library only, reads a few pages: cheap enough for every open."""
+    try:
+        if not db.exists() or db.stat().st_size == 0:
+            return "new", ""
+        with open(db, "rb") as f:
+            magic = f.read(16)
+        if magic != b"SQLite format 3\x00":
+            return "damaged", f"it is not an SQLite database (it starts with {magic[:16]!r})"
+        con = sqlite3.connect(f"file:{urllib.parse.quote(str(db.resolve()))}?mode=ro", uri=True, timeout=30)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not tables:
+                return "new", ""
+            leftovers = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
+            if leftovers:
+                return "damaged", f"a schema migration was interrupted half-way (leftover tables {leftovers})"
+            if "alembic_version" not in tables:
+                return "damaged", f"it has tables {sorted(tables)[:5]}... but no MLflow schema version"
+            versions = [r[0] for r in con.execute("SELECT version_num FROM alembic_version")]
+            missing = sorted(_CORE_TABLES - tables)
+            if len(versions) != 1 or missing:
+                return "damaged", (f"its schema was only partly created (schema versions {versions}, missing tables "
+                                   f"{missing})")
+            con.execute("SELECT count(*) FROM experiments").fetchone()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        return "damaged", f"sqlite cannot read it ({exc})"
+    return "ready", ""
+
+
+def _settled(db: Path, wait_s: float = 30) -> tuple[str, str]:
+    """_inspect(), but a store that looks damaged while it was written in the last two minutes is looked at again
+    for up to `wait_s`: a process that creates it without our lock (an older slmops, plain mlflow) may be
+    half-way through its migrations."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.2
+    while True:
+        state, why = _inspect(db)
+        try:
+            recent = time.time() - db.stat().st_mtime < 120
+        except OSError:
+            recent = False
+        if state != "damaged" or not recent or time.monotonic() > deadline:
+            return state, why
+        time.sleep(delay)
+        delay = min(delay * 2, 3)
+
+
+def damaged_store_error(db: Path, why: str) -> UserError:
+    return UserError(f"the MLflow store {db} is damaged: {why}. It cannot be repaired in place: move it aside "
+                     f"(mv {db} {db}.damaged) and run again to start a new store, or restore it from a backup")
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _create_store(db: Path) -> None:
+    """Create and migrate a new store in a temp file beside `db`, then rename it into place (caller holds the lock)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.tracking._tracking_service.utils import _get_sqlalchemy_store
+
+    for stale in db.parent.glob(f".{db.name}.creating-*"):  # a creator that died; only the lock holder creates
+        stale.unlink(missing_ok=True)
+    tmp = db.with_name(f".{db.name}.creating-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp_uri = f"{_SQLITE}{tmp.resolve()}"
+    try:
+        # The same store (migrations, default experiment, artifact root) MlflowClient(uri) would create in place.
+        store = _get_sqlalchemy_store(tmp_uri, None)
+        store.engine.dispose()
+        getattr(SqlAlchemyStore, "_engine_map", {}).pop(tmp_uri, None)
+        os.replace(tmp, db)
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+            leftover.unlink(missing_ok=True)
+
+
+def ensure_store(uri: str) -> None:
+    """Make sure the MLflow store at `uri` exists and looks whole, creating it if needed. Only `sqlite:///` URIs are
+    touched (servers and Azure ML manage their own stores).
+
+    Creation is serialized by a lock file beside the database (`<db>.lock`) and atomic: the schema is created and
+    migrated in a temp file that is renamed into place, so processes that start together on a new path all succeed
+    and none ever sees a half-migrated store. UserError (exit 2) naming the file and the fix when it is damaged."""
+    db = sqlite_path(uri)
+    if db is None:
+        return
+    state, why = _settled(db)
+    if state == "ready":
+        return
+    if state == "damaged":
+        raise damaged_store_error(db, why)
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with _file_lock(db.with_name(db.name + ".lock")):
+            state, why = _inspect(db)  # another process may have created it while we waited
+            if state == "new":
+                _create_store(db)
+            elif state == "damaged":
+                raise damaged_store_error(db, why)
+    except OSError as exc:
+        raise UserError(f"cannot create the MLflow store {db}: {exc.strerror or exc} ({exc.filename or db.parent}); "
+                        f"set MLFLOW_TRACKING_URI to a sqlite file in a writable folder with free space") from None
 
 
 @contextlib.contextmanager
@@ -32,6 +174,8 @@ def step_run():
         yield None
         return
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        ensure_store(os.environ["MLFLOW_TRACKING_URI"])
     import mlflow
 
     previous, active = _active, mlflow.active_run()

@@ -28,7 +28,9 @@ TRACKING_HELP = "MLflow tracking/registry URI for models:/ references (default: 
 @click.option("--tracking-uri", default=None, help=TRACKING_HELP)
 def serve(model, port, key, threads, max_body_bytes, tracking_uri):
     """Serve MODEL (a folder, models:/NAME@ALIAS or models:/NAME/VERSION) with the Azure ML inference server
-    on 127.0.0.1, behind key authentication, with readiness and liveness routes."""
+    on 127.0.0.1, behind key authentication, with readiness and liveness routes. The model's files are checked
+    first (a registered version's against the sha256 recorded at registration). Exit codes: 2 bad input, a
+    damaged model, a model that fails to load, or a busy port."""
     from slmops.serving import serve as srv
 
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
@@ -41,7 +43,14 @@ def serve(model, port, key, threads, max_body_bytes, tracking_uri):
         model_dir = srv.resolve_model(model, tracking_uri, CACHE_DIR.expanduser())
     except UserError as exc:
         problems.append(str(exc))
+    sock = None
+    try:
+        sock = srv.bind(port)  # before "serving" is printed: a busy port is exit 2, not a gunicorn retry loop
+    except UserError as exc:
+        problems.append(str(exc))
     if problems:
+        if sock is not None:
+            sock.close()
         raise UserError(f"cannot serve {model!r}:", problems=problems)
     if key is None:
         key = srv.new_key()
@@ -49,7 +58,8 @@ def serve(model, port, key, threads, max_body_bytes, tracking_uri):
     base = f"http://{srv.HOST}:{port}"
     click.echo(f"serving {model_dir} at {base}/score  (swagger: {base}/swagger.json, "
                f"probes: {base}/health/live {base}/health/ready)", err=False)
-    srv.run_foreground(model_dir, port, key, threads, max_body_bytes)
+    code = srv.run(model_dir, sock, key, threads, max_body_bytes)
+    raise SystemExit(code)
 
 
 ENDPOINT_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
@@ -72,6 +82,8 @@ ENDPOINT_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
               help="largest tolerated share of failed probes per step before rolling back")
 @click.option("--alias", default="production", show_default=True,
               help="registry alias moved to the model on success (a staging endpoint would use 'staging')")
+@click.option("--allow-ungated", is_flag=True,
+              help="also promote a version registered without a quality gate (tag gate=none: no thresholds given)")
 @click.option("--tracking-uri", default=None,
               help=TRACKING_HELP + "; on Azure ML without it, the workspace's MLflow URI")
 @click.option("--subscription", default=None, help="Azure subscription id (default: $AZURE_SUBSCRIPTION_ID)")
@@ -82,11 +94,13 @@ ENDPOINT_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
 @click.option("--endpoint-spec", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="endpoint YAML (default: the packaged specs/endpoint.yml)")
 def promote(model, endpoint, mirror, steps, dry_run, local, smoke_request, probes, max_error_rate, alias,
-            tracking_uri, subscription, resource_group, workspace, deployment_spec, endpoint_spec):
+            allow_ungated, tracking_uri, subscription, resource_group, workspace, deployment_spec, endpoint_spec):
     """Promote a registered MODEL (models:/NAME/VERSION, models:/NAME@ALIAS or NAME:VERSION) to an online
     endpoint: blue/green deployment, smoke test, optional mirroring, stepped traffic shift, automatic rollback;
-    on success the registry alias (default `production`) moves to it. Exit codes: 2 bad input, 3 gate not passed,
-    4 rolled back."""
+    on success the registry alias (default `production`) moves to it. A version registered without thresholds
+    (gate=none) needs --allow-ungated; --local checks the weight files against the sha256 recorded at
+    registration before serving them. Exit codes: 2 bad input or damaged weights, 3 gate not passed, 4 rolled
+    back."""
     from slmops import registry
     from slmops.serving import backends
     from slmops.serving import promote as pr
@@ -126,10 +140,10 @@ def promote(model, endpoint, mirror, steps, dry_run, local, smoke_request, probe
     version = ref.version
     if not dry_run:
         version = str(registry.get_version(tracking_uri, ref).version)
-        registry.require_gate_passed(tracking_uri, ref.name, version)
+        registry.require_gate_passed(tracking_uri, ref.name, version, allow_ungated=allow_ungated)
     plan_args = dict(endpoint=endpoint, name=ref.name, version=version or f"<version of @{ref.alias}>",
                      steps=pr.parse_steps(steps), mirror=mirror, probes=probes, max_error_rate=max_error_rate,
-                     smoke_requests=pr.load_smoke_requests(smoke_request), alias=alias)
+                     smoke_requests=pr.load_smoke_requests(smoke_request), alias=alias, allow_ungated=allow_ungated)
     if local:
         backend = backends.LocalEndpoint(backends.local_root(), endpoint)
         target_model = f"<local folder of models:/{ref.name}/{plan_args['version']}>"

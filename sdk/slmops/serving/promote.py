@@ -5,7 +5,9 @@
     slmops promote models:/tone/3 --endpoint tone --mirror 10 --steps 10,50,100   # Azure ML
 
 The roll-out (`roll_out`) is one plain sequence over an endpoint backend (slmops.serving.backends):
-  0. refuse a version whose register gate did not pass (version tag gate=passed);
+  0. refuse a version whose register gate did not pass (version tag gate=passed; gate=none, registered without
+     thresholds, only with --allow-ungated); with --local, check its weight files against the sha256 recorded at
+     registration (exit 2 naming a damaged file);
   1. make sure the endpoint exists; the slot without traffic (blue or green) is the target;
   2. deploy the model to the target slot and wait until it is healthy;
   3. smoke test the target slot only (`azureml-model-deployment: <slot>`): every request must get 200 with a
@@ -51,6 +53,7 @@ class Plan:
     max_error_rate: float = 0.0
     smoke_requests: tuple = (DEFAULT_SMOKE,)
     healthy_timeout_s: float = 1800
+    allow_ungated: bool = False  # gate=none (registered without thresholds) accepted too
 
 
 def parse_steps(text: str) -> tuple[int, ...]:
@@ -184,7 +187,8 @@ def dry_run_text(backend, plan: Plan, assumed_live: str | None = "blue") -> str:
     live, target = pick_slots({assumed_live: 100} if assumed_live else {})
     lines = [f"promotion plan (dry run: nothing is contacted; assuming live slot {live}, so target {target}; "
              f"the roles swap if {target} is live)",
-             f"  0. require tag gate=passed on {plan.name} version {plan.version}",
+             f"  0. require tag gate=passed on {plan.name} version {plan.version}"
+             + (" (or gate=none: --allow-ungated)" if plan.allow_ungated else ""),
              f"  1. ensure endpoint {plan.endpoint} exists",
              f"  2. deploy to {target}, wait healthy (up to {plan.healthy_timeout_s:.0f} s)",
              f"  3. smoke test {target} with header azureml-model-deployment: {target}",

@@ -9,21 +9,31 @@
 launcher we run the same thing it runs - gunicorn serving `azureml_inference_server_http.server.entry:app` with
 our score.py - bound to 127.0.0.1 and wrapped in a key check (slmops.serving.app). Routes: POST /score,
 GET /swagger.json (key needed), GET / , /health/live, /health/ready (open, as probes are).
+
+Before anything is printed, the model's files are checked (safetensors headers, configs; for a registered version
+the sha256 of every weight file recorded at registration) and the port is bound here and handed to gunicorn
+(`--bind fd://N`), so a damaged model or a busy port is an exit 2 naming the file or the port. gunicorn runs as a
+child; a model that still fails to load in the worker is an exit 2 with the reason (gunicorn's own code for that,
+3, is the gate-failure code of slmops).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from slmops import weights
 from slmops.errors import UserError
 
 SCORE_SCRIPT = Path(__file__).with_name("score.py")
@@ -43,15 +53,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_command(port: int, threads: int = DEFAULT_THREADS) -> list[str]:
-    """gunicorn on 127.0.0.1:port, one worker (one copy of the model) with `threads` request threads."""
-    return [sys.executable, "-m", "gunicorn", "--bind", f"{HOST}:{port}", "--workers", "1",
+def bind(port: int) -> socket.socket:
+    """A socket bound to 127.0.0.1:port for gunicorn to listen on; UserError when the port is taken."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn does: TIME_WAIT is no obstacle
+    try:
+        sock.bind((HOST, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise UserError(f"port {port} on {HOST} is already in use (another server?); pick a free port with "
+                            f"--port, or stop the process listening there (ss -ltnp 'sport = :{port}')") from None
+        raise UserError(f"cannot listen on {HOST}:{port}: {exc.strerror}; pick another port with --port") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def server_command(port: int, threads: int = DEFAULT_THREADS, fd: int | None = None) -> list[str]:
+    """gunicorn on 127.0.0.1:port (or on the already bound socket `fd`), one worker (one copy of the model) with
+    `threads` request threads."""
+    where = f"fd://{fd}" if fd is not None else f"{HOST}:{port}"
+    return [sys.executable, "-m", "gunicorn", "--bind", where, "--workers", "1",
             "--worker-class", "gthread", "--threads", str(threads), "--timeout", "300", "--graceful-timeout", "5",
             "--access-logfile", "-", "--error-logfile", "-", "slmops.serving.app:build()"]
 
 
 def server_env(model_dir: Path, key: str, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               base: dict | None = None) -> dict[str, str]:
+               base: dict | None = None, load_error_file: Path | None = None) -> dict[str, str]:
     """The environment the inference server reads (as on a managed endpoint) plus our key and body cap."""
     env = dict(os.environ if base is None else base)
     env.update({
@@ -63,11 +91,14 @@ def server_env(model_dir: Path, key: str, max_body_bytes: int = DEFAULT_MAX_BODY
         "SLMOPS_MAX_BODY_BYTES": str(max_body_bytes),
         "TOKENIZERS_PARALLELISM": "false",
     })
+    if load_error_file is not None:
+        env["SLMOPS_LOAD_ERROR_FILE"] = str(load_error_file)
     return env
 
 
 def check_model_dir(model_dir: Path) -> Path:
-    """UserError unless `model_dir` holds a servable model (ORT GenAI, MLflow or Hugging Face folder)."""
+    """The servable model folder in `model_dir` (ORT GenAI, MLflow or Hugging Face folder), its weight files and
+    configs checked whole (slmops.weights.check_files); UserError naming the problem otherwise."""
     from slmops.serving.score import find_model_dir
 
     model_dir = Path(model_dir).expanduser()
@@ -75,9 +106,11 @@ def check_model_dir(model_dir: Path) -> Path:
         raise UserError(f"model folder {str(model_dir)!r} does not exist; pass a model folder or a registry "
                         f"reference such as models:/NAME@ALIAS")
     try:
-        return find_model_dir(model_dir)
+        found = find_model_dir(model_dir)
     except RuntimeError as exc:
         raise UserError(str(exc)) from None
+    weights.check_files(found)
+    return found
 
 
 def start(model_dir: Path, port: int, key: str, log_path: Path, *, threads: int = DEFAULT_THREADS,
@@ -114,15 +147,34 @@ def wait_ready(base_url: str, timeout_s: float, proc: subprocess.Popen | None = 
     raise UserError(f"the inference server at {base_url} {state}; its log ends with:\n{tail}")
 
 
-def run_foreground(model_dir: Path, port: int, key: str, threads: int, max_body_bytes: int) -> None:
-    """Replace this process with the server (signals go straight to gunicorn)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execvpe(sys.executable, server_command(port, threads), server_env(model_dir, key, max_body_bytes))
+def run(model_dir: Path, sock: socket.socket, key: str, threads: int, max_body_bytes: int) -> int:
+    """Run gunicorn on the bound socket `sock` until it exits; returns its exit code. SIGTERM, SIGINT and SIGHUP are
+    passed on to it. UserError (exit 2) with the reason when the worker could not load the model."""
+    with tempfile.TemporaryDirectory(prefix="slmops-serve-") as tmp:
+        error_file = Path(tmp) / "load-error.txt"
+        sys.stdout.flush()
+        sys.stderr.flush()
+        proc = subprocess.Popen(server_command(0, threads, fd=sock.fileno()), pass_fds=(sock.fileno(),),
+                                env=server_env(model_dir, key, max_body_bytes, load_error_file=error_file))
+        sock.close()  # gunicorn holds it now
+
+        def forward(signum, _frame):
+            proc.send_signal(signum)
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, forward)
+        code = proc.wait()
+        reason = error_file.read_text(errors="replace").strip() if error_file.exists() else ""
+    if code in (3, 4) or reason:  # gunicorn: a worker failed to boot (3) or the app failed to load (4)
+        raise UserError(f"the model in {Path(model_dir).resolve()} failed to load, so the server stopped: "
+                        f"{reason or 'see the log above'}\ncheck that the folder holds a whole model (re-export or "
+                        f"re-download it)")
+    return code
 
 
 def resolve_model(ref: str, tracking_uri: str | None, cache_dir: Path) -> Path:
-    """A model folder for a folder path or a registry reference (models:/NAME@ALIAS, models:/NAME/VERSION)."""
+    """A model folder for a folder path or a registry reference (models:/NAME@ALIAS, models:/NAME/VERSION); a
+    registered version's weight files are checked against the sha256 recorded at registration."""
     if Path(ref).expanduser().is_dir():
         return check_model_dir(Path(ref))  # no registry (nor mlflow import) needed
     from slmops import registry
