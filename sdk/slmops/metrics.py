@@ -5,6 +5,11 @@ prediction that is none of them counts as wrong, under the extra label `OTHER`).
 from summed negative log-likelihood, `bleu` (sacrebleu corpus BLEU, 0-100), `rouge_l` (rouge-score ROUGE-L
 F-measure, mean over examples, 0-1).
 
+Uncertainty: `wilson_interval` (95 % Wilson score interval of a proportion: accuracy), `bootstrap_interval`
+(percentile bootstrap of any statistic over the examples, seeded: macro-F1, ROUGE-L), `intervals_overlap`.
+Cost: `training_cost` (wall seconds x price per hour) and `break_even_requests` (training cost / money saved per
+request by a shorter prompt).
+
     from slmops import metrics
     metrics.classification(["joyful", "sad"], ["joyful", "angry"])
     # {"accuracy": 0.5, "macro_f1": 0.333..., "labels": ["angry", "joyful", "sad"], "confusion_matrix": [...]}
@@ -13,6 +18,7 @@ F-measure, mean over examples, 0-1).
 from __future__ import annotations
 
 import math
+import random
 
 OTHER = "(other)"  # the confusion-matrix label of a prediction that matches none of the reference labels
 
@@ -53,12 +59,18 @@ def confusion_matrix(predictions: list[str], references: list[str]) -> list[list
 def macro_f1(predictions: list[str], references: list[str]) -> float:
     """Unweighted mean of per-label F1 over the labels seen in the references (F1 is 0 when undefined)."""
     _check_lengths(predictions, references)
-    scores = []
-    for label in sorted(set(references)):
-        tp = sum(p == label and r == label for p, r in zip(predictions, references))
-        fp = sum(p == label and r != label for p, r in zip(predictions, references))
-        fn = sum(p != label and r == label for p, r in zip(predictions, references))
-        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    tp: dict[str, int] = {}
+    fp: dict[str, int] = {}
+    fn: dict[str, int] = {}
+    for p, r in zip(predictions, references):
+        if p == r:
+            tp[r] = tp.get(r, 0) + 1
+        else:
+            fp[p] = fp.get(p, 0) + 1
+            fn[r] = fn.get(r, 0) + 1
+    labels = set(references)
+    scores = [2 * tp[label] / (2 * tp[label] + fp.get(label, 0) + fn.get(label, 0)) if tp.get(label) else 0.0
+              for label in labels]
     return sum(scores) / len(scores)
 
 
@@ -87,10 +99,74 @@ def bleu(predictions: list[str], references: list[str]) -> float:
     return float(sacrebleu.corpus_bleu(predictions, [references]).score)
 
 
-def rouge_l(predictions: list[str], references: list[str]) -> float:
-    """Mean ROUGE-L F-measure over examples (rouge-score, no stemming), on the 0-1 scale."""
+def rouge_l_scores(predictions: list[str], references: list[str]) -> list[float]:
+    """ROUGE-L F-measure of each example (rouge-score, no stemming), on the 0-1 scale."""
     from rouge_score import rouge_scorer
 
     _check_lengths(predictions, references)
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    return sum(scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)) / len(references)
+    return [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)]
+
+
+def rouge_l(predictions: list[str], references: list[str]) -> float:
+    """Mean ROUGE-L F-measure over examples (rouge-score, no stemming), on the 0-1 scale."""
+    scores = rouge_l_scores(predictions, references)
+    return sum(scores) / len(scores)
+
+
+# ---------------------------------------------------------------------------------------------- uncertainty
+
+Z_95 = 1.959963984540054  # the standard normal's 97.5 % quantile: two-sided 95 %
+
+
+def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval of a proportion `successes / n` (95 % by default): unlike the normal
+    approximation it stays inside [0, 1] and is not zero-width at 0 or n successes."""
+    if n <= 0:
+        raise ValueError("a confidence interval needs at least one example")
+    if not 0 <= successes <= n:
+        raise ValueError(f"{successes} successes out of {n}")
+    p = successes / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def bootstrap_interval(statistic, n: int, *, resamples: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of `statistic(indices)`: the statistic on `resamples` resamples (with
+    replacement) of the example indices 0..n-1, drawn with `random.Random(seed)`, so the interval is the same on
+    every run."""
+    if n <= 0:
+        raise ValueError("a confidence interval needs at least one example")
+    rng = random.Random(seed)
+    values = sorted(statistic(rng.choices(range(n), k=n)) for _ in range(resamples))
+    tail = (1 - level) / 2
+    return values[int(tail * resamples)], values[min(resamples - 1, int((1 - tail) * resamples))]
+
+
+def intervals_overlap(a: tuple[float, float] | list[float], b: tuple[float, float] | list[float]) -> bool:
+    """Whether two closed intervals share a point."""
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+# ----------------------------------------------------------------------------------------------------- cost
+
+def training_cost(train_seconds: float | None, price_per_hour: float) -> float | None:
+    """Wall seconds of training x price of the compute per hour; None when the price is 0 (not priced) or the
+    training time is unknown."""
+    if train_seconds is None or price_per_hour <= 0:
+        return None
+    return train_seconds / 3600 * price_per_hour
+
+
+def break_even_requests(cost: float | None, tokens_saved_per_request: float | None,
+                        price_per_1k_tokens: float) -> int | None:
+    """Requests after which the prompt tokens fine-tuning saves have paid for its training:
+    ceil(cost / (tokens saved per request x price per 1,000 tokens / 1000)). None when there is no cost, no
+    saving (<= 0) or no token price."""
+    if cost is None or tokens_saved_per_request is None or tokens_saved_per_request <= 0 or price_per_1k_tokens <= 0:
+        return None
+    per_request = tokens_saved_per_request * price_per_1k_tokens / 1000
+    return math.ceil(round(cost / per_request, 6))  # 2.0 / 1e-4 is 19999.999999999996 in floating point

@@ -37,8 +37,9 @@ def env(store, monkeypatch):
     return uri
 
 
-def write_inputs(root, *, tuned=0.9, base=0.2, drop=0.02):
-    """Folders as finetune/evaluate/prep/optimize write them; returns {flag: path}."""
+def write_inputs(root, *, tuned=0.9, base=0.2, prompt=0.6, drop=0.02, split="test", optimize_split="test"):
+    """Folders as finetune/evaluate/prep/optimize write them (`prompt`: the base model's k-shot accuracy, `split`:
+    the split evaluate scored); returns {flag: path}."""
     model = root / "model"
     (model / "model").mkdir(parents=True)
     (model / "components" / "tokenizer").mkdir(parents=True)
@@ -52,14 +53,19 @@ def write_inputs(root, *, tuned=0.9, base=0.2, drop=0.02):
     metrics, data, report = root / "metrics", root / "data", root / "report"
     for d in (metrics, data, report):
         d.mkdir()
+    base_metrics = {"accuracy": base, "macro_f1": base / 2, "confusion_matrix": [[1, 0], [0, 1]], "n": 60}
+    tuned_metrics = {"accuracy": tuned, "macro_f1": tuned - 0.01, "labels": ["a", "b"], "n": 60}
     (metrics / "metrics.json").write_text(json.dumps({
-        "task": "classification", "n": 60,
-        "base": {"accuracy": base, "macro_f1": base / 2, "confusion_matrix": [[1, 0], [0, 1]]},
-        "finetuned": {"accuracy": tuned, "macro_f1": tuned - 0.01, "labels": ["a", "b"]},
-        "delta": {"accuracy": tuned - base}, "overfitting": {"warning": False, "detail": "ok"}}))
+        "task": "classification", "split": split, "n": 60, "k_shot": 3,
+        "base": base_metrics, "finetuned": tuned_metrics, "delta": {"accuracy": tuned - base},
+        "variants": {"base_zero_shot": base_metrics, "base_k_shot": {"accuracy": prompt, "n": 60},
+                     "finetuned": tuned_metrics},
+        "verdict": {"gain": tuned - max(base, prompt), "text": "Fine-tuning wins."},
+        "overfitting": {"warning": False, "detail": "ok"}}))
     (data / "data_report.json").write_text(json.dumps({"sha256": SHA, "rows": {"train": 540}}))
     (report / "optimize_report.json").write_text(json.dumps({
         "precision": "int4", "execution_provider": "cpu", "speedup": 18.5, "accuracy_drop": drop,
+        "split": optimize_split, "n": 60,
         "onnx": {"accuracy": tuned - drop, "tokens_per_s": 4800.0, "size_mb": 3.1},
         "pytorch": {"accuracy": tuned, "tokens_per_s": 260.0}}))
     return {"model": model, "onnx_model": onnx, "eval_metrics": metrics, "train_data": data,
@@ -71,7 +77,7 @@ def argv(paths, out, name, **extra):
     return args + [f"--{k}={v}" for k, v in extra.items()]
 
 
-GATE = {"min_accuracy": 0.5, "min_gain": 0.1, "max_optimized_drop": 0.05}
+GATE = {"min_accuracy": 0.5, "min_gain": 0.1, "min_gain_over_prompt": 0.2, "max_optimized_drop": 0.05}
 
 
 def _files(folder):
@@ -96,7 +102,7 @@ def test_passing_gate_registers_both_models_with_lineage_and_alias(env, tmp_path
         assert str(mv.version) == "1"
         tags = mv.tags
         assert tags["gate"] == "passed"
-        assert [c["passed"] for c in json.loads(tags["gate.checks"])] == [True, True, True]
+        assert [c["passed"] for c in json.loads(tags["gate.checks"])] == [True, True, True, True]
         assert tags["lineage.dataset_sha256"] == SHA
         assert tags["lineage.base_model"] == "/models/tiny-llama"  # from the MLmodel, no --base_model given
         assert tags["lineage.code_version"].startswith(slmops.__version__)
@@ -104,6 +110,7 @@ def test_passing_gate_registers_both_models_with_lineage_and_alias(env, tmp_path
         assert tags["lineage.step_run_id"] == mv.run_id
         assert float(tags["eval.finetuned.accuracy"]) == 0.9
         assert float(tags["eval.base.accuracy"]) == 0.2
+        assert float(tags["eval.variants.base_k_shot.accuracy"]) == 0.6 and tags["eval.split"] == "test"
         assert "eval.base.confusion_matrix" not in tags  # lists stay in metrics.json
         assert float(tags["optimize.accuracy_drop"]) == 0.02
         assert tags["optimize.precision"] == "int4"
@@ -153,15 +160,26 @@ def test_runner_snapshot_takes_the_commit_from_the_pipeline_run(env, store, tmp_
     (dict(tuned=0.6, base=0.55), {"min_gain": 0.1},
      ["gain over base +0.0500 (fine-tuned 0.6000, base 0.5500) < min_gain 0.1"]),
     (dict(drop=0.08), {"max_optimized_drop": 0.05},
-     ["accuracy drop after optimization 0.0800 (pytorch 0.9000, onnx 0.8200, int4) > max_optimized_drop 0.05"]),
-    (dict(tuned=0.3, base=0.3, drop=0.2), GATE,
-     ["fine-tuned accuracy 0.3000 < min_accuracy 0.5",
-      "gain over base +0.0000 (fine-tuned 0.3000, base 0.3000) < min_gain 0.1",
+     ["accuracy drop after optimization 0.0800 (pytorch 0.9000, onnx 0.8200, int4) > max_optimized_drop 0.05 "
+      "(optimize_report: test, n=60)"]),
+    # the k-shot prompt is the best baseline: the fine-tune beats base zero-shot by far, the prompt by little
+    (dict(tuned=0.9, base=0.2, prompt=0.8), {"min_gain": 0.1, "min_gain_over_prompt": 0.15},
+     ["gain over the best prompt baseline +0.1000 (fine-tuned 0.9000, base_k_shot 0.8000) < min_gain_over_prompt "
+      "0.15 (test split, n=60)"]),
+    # a prompt that beats the fine-tune: a negative gain fails the default threshold 0
+    (dict(tuned=0.7, base=0.75, prompt=0.3), {"min_gain_over_prompt": 0.0},
+     ["gain over the best prompt baseline -0.0500 (fine-tuned 0.7000, base_zero_shot 0.7500) < "
+      "min_gain_over_prompt 0.0 (test split, n=60)"]),
+    (dict(tuned=0.3, base=0.3, prompt=0.3, drop=0.2), GATE,
+     ["fine-tuned accuracy 0.3000 < min_accuracy 0.5 (test split, n=60)",
+      "gain over base +0.0000 (fine-tuned 0.3000, base 0.3000) < min_gain 0.1 (test split, n=60)",
+      "gain over the best prompt baseline +0.0000 (fine-tuned 0.3000, base_zero_shot 0.3000) < "
+      "min_gain_over_prompt 0.2 (test split, n=60)",
       "accuracy drop after optimization 0.2000 (pytorch 0.3000, onnx 0.1000, int4) > max_optimized_drop 0.05"]),
 ])
 def test_failing_gate_exits_3_names_every_failed_check_and_registers_nothing(env, tmp_path, capsys, metrics, gate,
                                                                            failed):
-    name = f"tone-fail-{len(failed)}-{sorted(gate)[0]}"
+    name = f"tone-fail-{len(failed)}-{'-'.join(sorted(gate))}"
     paths = write_inputs(tmp_path / "in", **metrics)
     out = tmp_path / "registration"
     with pytest.raises(SystemExit) as exc:
@@ -182,6 +200,18 @@ def test_gain_at_exactly_the_threshold_passes(env, tmp_path):
     assert [c["passed"] for c in result["gate"]["checks"]] == [True, True]
 
 
+def test_gain_over_prompt_passes_and_records_split_and_rows(env, tmp_path):
+    """The best prompt baseline is the k-shot one (0.6 > zero-shot 0.2): the gain is 0.9 - 0.6."""
+    paths = write_inputs(tmp_path / "in", tuned=0.9, base=0.2, prompt=0.6)
+    result = register.main(argv(paths, tmp_path / "reg", "tone-prompt", min_gain_over_prompt=0.3))
+    [check] = result["gate"]["checks"]
+    assert check["name"] == "min_gain_over_prompt" and check["passed"]
+    assert check["value"] == pytest.approx(0.3)
+    assert check["detail"] == ("gain over the best prompt baseline +0.3000 (fine-tuned 0.9000, base_k_shot 0.6000) "
+                               ">= min_gain_over_prompt 0.3 (test split, n=60)")
+    assert json.loads(registry.version_tags(env, "tone-prompt", "1")["gate.checks"]) == [check]
+
+
 @pytest.mark.parametrize("change, extra, problems", [
     ("no_mlmodel", {}, ["is not an MLflow model folder"]),
     ("no_onnx_file", {}, ["is not a folder with an .onnx file"]),
@@ -190,6 +220,14 @@ def test_gain_at_exactly_the_threshold_passes(env, tmp_path):
     ("bad_json", {}, ["metrics.json is not valid JSON"]),
     ("list_json", {}, ["metrics.json holds a JSON list, not the object"]),
     ("no_base", {"min_gain": 0.0}, ["--min_gain needs base.accuracy"]),
+    ("no_variants", {"min_gain_over_prompt": 0.0}, ["--min_gain_over_prompt needs finetuned.accuracy and a prompt "
+                                                    "baseline's accuracy"]),
+    ("validation_split", {"min_accuracy": 0.5, "min_gain_over_prompt": 0.0},
+     ["--min_accuracy, --min_gain_over_prompt: metrics.json was scored on the 'validation' split; the gate reads "
+      "test-split figures only"]),
+    ("no_split", {"min_gain": 0.0}, ["--min_gain: metrics.json names no split"]),
+    ("optimize_validation", {"max_optimized_drop": 0.05},
+     ["--max_optimized_drop: optimize_report.json was scored on the 'validation' split"]),
     (None, {"min_accuracy": 1.5, "alias": "latest", "model_name": "a/b"},
      ["--min_accuracy: 1.5 is above the maximum 1.0", "--alias 'latest'", "--model_name 'a/b'"]),
     ("no_uri", {}, ["MLFLOW_TRACKING_URI is not set"]),
@@ -210,8 +248,18 @@ def test_bad_inputs_exit_2_with_every_problem_and_write_nothing(env, tmp_path, m
     elif change == "list_json":
         (paths["eval_metrics"] / "metrics.json").write_text("[0.9]")
     elif change == "no_base":
-        (paths["eval_metrics"] / "metrics.json").write_text(json.dumps({"task": "classification",
+        (paths["eval_metrics"] / "metrics.json").write_text(json.dumps({"task": "classification", "split": "test",
                                                                        "finetuned": {"accuracy": 0.9}}))
+    elif change == "no_variants":
+        (paths["eval_metrics"] / "metrics.json").write_text(json.dumps({"task": "classification", "split": "test",
+                                                                       "base": {"accuracy": 0.2},
+                                                                       "finetuned": {"accuracy": 0.9}}))
+    elif change == "validation_split":
+        paths = write_inputs(tmp_path / "in2", split="validation")
+    elif change == "no_split":
+        paths = write_inputs(tmp_path / "in2", split=None)
+    elif change == "optimize_validation":
+        paths = write_inputs(tmp_path / "in2", optimize_split="validation")
     elif change == "no_uri":
         monkeypatch.delenv("MLFLOW_TRACKING_URI")
     out = tmp_path / "registration"
@@ -304,4 +352,5 @@ def test_failure_after_an_alias_moved_restores_the_previous_candidate(fails, env
 def test_gate_failure_is_a_gate_error_in_process(env, tmp_path):
     with pytest.raises(GateFailed) as exc:
         register.main(argv(write_inputs(tmp_path / "in", tuned=0.1), tmp_path / "r", "tone-x", min_accuracy=0.2))
-    assert exc.value.exit_code == 3 and exc.value.problems == ["fine-tuned accuracy 0.1000 < min_accuracy 0.2"]
+    assert exc.value.exit_code == 3
+    assert exc.value.problems == ["fine-tuned accuracy 0.1000 < min_accuracy 0.2 (test split, n=60)"]

@@ -1,10 +1,14 @@
 """Step `register`: check the quality gate, then register the fine-tuned model and its ONNX model in MLflow.
 
 The gate is checked first, from evaluate's metrics.json and optimize's optimize_report.json:
-  --min_accuracy        fine-tuned accuracy      >= min_accuracy
-  --min_gain            fine-tuned - base accuracy >= min_gain
-  --max_optimized_drop  accuracy lost in ONNX     <= max_optimized_drop
-A failed check fails the step (exit 3) naming every failed check with its numbers; nothing is registered.
+  --min_accuracy          fine-tuned accuracy                              >= min_accuracy
+  --min_gain              fine-tuned - base (zero-shot) accuracy            >= min_gain
+  --min_gain_over_prompt  fine-tuned - best prompt baseline accuracy        >= min_gain_over_prompt
+                          (the better of evaluate's base_zero_shot and base_k_shot variants)
+  --max_optimized_drop    accuracy lost in ONNX                             <= max_optimized_drop
+The evaluate checks read test-split figures only: a metrics.json not scored on prep's test split is an input error
+(exit 2); each check's detail names the split and row count. A failed check fails the step (exit 3) naming every
+failed check with its numbers; nothing is registered.
 
 When it passes, both folders are logged unchanged as artifacts of the step's MLflow run and registered from
 there: the fine-tuned MLflow model as `<model_name>`, the ONNX Runtime GenAI folder as a plain artifact model
@@ -14,7 +18,8 @@ there: the fine-tuned MLflow model as `<model_name>`, the ONNX Runtime GenAI fol
     MLFLOW_TRACKING_URI=sqlite:///mlflow.db python -m slmops.steps.register \\
         --model out/finetune/model --eval_metrics out/evaluate/metrics --train_data out/prep/output_data \\
         --onnx_model out/optimize/onnx_model --optimize_report out/optimize/report \\
-        --model_name slmops-tone --min_accuracy 0.5 --min_gain 0 --max_optimized_drop 0.05 \\
+        --model_name slmops-tone --min_accuracy 0.5 --min_gain 0 --min_gain_over_prompt 0 \\
+        --max_optimized_drop 0.05 \\
         --registration out/register/registration
 """
 
@@ -37,14 +42,16 @@ from slmops.io import atomic_dir, write_json
 _NAME_RE = re.compile(r"^[\w.\-]+$")
 _ALIAS_RE = re.compile(r"^[\w\-]+$")
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
+PROMPT_BASELINES = ("base_zero_shot", "base_k_shot")  # evaluate's variants of the base model with a prompt
+TEST_SPLIT = "test"  # the only split the gate reads evaluate's figures from
 
 
 CONTRACT = Component(
     name="register", display_name="slmops: gate and register",
-    description="Check the quality gate (minimum accuracy, minimum gain over base, maximum accuracy drop after "
-                "optimization); when it passes, register the fine-tuned model (and the ONNX model) in the MLflow "
-                "registry with lineage tags and the alias `candidate`. A failed gate fails the step and registers "
-                "nothing.",
+    description="Check the quality gate on test-split figures (minimum accuracy, minimum gain over the base model "
+                "and over the best prompt baseline, maximum accuracy drop after optimization); when it passes, "
+                "register the fine-tuned model (and the ONNX model) in the MLflow registry with lineage tags and the "
+                "alias `candidate`. A failed gate fails the step and registers nothing.",
     inputs=[
         Input("model", "mlflow_model", "finetune's model output (MLflow model folder); registered unchanged as "
               "<model_name>."),
@@ -65,6 +72,9 @@ CONTRACT = Component(
               min=0.0, max=1.0),
         Input("min_gain", "number", "Gate: fine-tuned minus base accuracy must be at least this.", optional=True,
               min=-1.0, max=1.0),
+        Input("min_gain_over_prompt", "number", "Gate: fine-tuned accuracy minus the best prompt baseline's (the "
+              "base model zero-shot or k-shot, from evaluate) must be at least this.", optional=True, min=-1.0,
+              max=1.0),
         Input("max_optimized_drop", "number", "Gate: accuracy lost by the ONNX model (optimize_report "
               "accuracy_drop) must be at most this.", optional=True, min=0.0, max=1.0),
         Input("alias", "string", "Alias set on the new versions (moved there if it exists).", default="candidate"),
@@ -135,6 +145,18 @@ def validate(args: argparse.Namespace, tracking_uri: str | None) -> dict:
         problems.append(f"--train_data {args.train_data!r}: data_report.json has no sha256 (content hash); "
                         f"re-run prep with this version of slmops")
     if metrics is not None:
+        eval_gates = [f"--{n}" for n in ("min_accuracy", "min_gain", "min_gain_over_prompt")
+                      if getattr(args, n) is not None]
+        split = metrics.get("split")
+        if eval_gates and split != TEST_SPLIT:
+            scored = "names no split" if split is None else f"was scored on the {split!r} split"
+            problems.append(f"{', '.join(eval_gates)}: metrics.json {scored}; the gate reads test-split figures "
+                            "only: re-run evaluate with this version of slmops (it scores prep's test.jsonl)")
+        if args.min_gain_over_prompt is not None and (_number(metrics, "finetuned", "accuracy") is None
+                                                      or best_prompt(metrics) is None):
+            problems.append("--min_gain_over_prompt needs finetuned.accuracy and a prompt baseline's accuracy "
+                            f"(variants.{' or variants.'.join(PROMPT_BASELINES)}) in metrics.json; evaluate a "
+                            "classification task with this version of slmops, or drop --min_gain_over_prompt")
         if args.min_accuracy is not None and _number(metrics, "finetuned", "accuracy") is None:
             problems.append(f"--min_accuracy needs finetuned.accuracy in metrics.json, which has none "
                             f"(task {metrics.get('task')!r}); drop --min_accuracy or evaluate a classification task")
@@ -148,30 +170,48 @@ def validate(args: argparse.Namespace, tracking_uri: str | None) -> dict:
         elif optimize is not None and _number(optimize, "accuracy_drop") is None:
             problems.append("--max_optimized_drop needs accuracy_drop in optimize_report.json, which has none; "
                             "optimize a classification task, or drop --max_optimized_drop")
+        elif optimize is not None and optimize.get("split", TEST_SPLIT) != TEST_SPLIT:
+            problems.append(f"--max_optimized_drop: optimize_report.json was scored on the {optimize['split']!r} "
+                            "split; the gate reads test-split figures only: re-run optimize on prep's test split")
     if problems:
         raise UserError(f"register: {len(problems)} problem(s) with the inputs; nothing was registered",
                         problems=problems)
     return {"metrics": metrics, "data_report": data_report, "optimize": optimize}
 
 
-def _check(name: str, what: str, value: float, op: str, threshold: float) -> dict:
-    """One gate check; `detail` reads as a sentence, with the comparison that actually holds."""
+def _check(name: str, what: str, value: float, op: str, threshold: float, scope: str) -> dict:
+    """One gate check; `detail` reads as a sentence, with the comparison that actually holds, and says which rows
+    the figures come from (`scope`)."""
     eps = 1e-9  # 0.7 - 0.6 is 0.0999..., which must pass min_gain 0.1
     passed = value >= threshold - eps if op == ">=" else value <= threshold + eps
     shown = op if passed else {">=": "<", "<=": ">"}[op]
     return {"name": name, "value": value, "threshold": threshold, "op": op, "passed": passed,
-            "detail": f"{what} {shown} {name} {threshold}"}
+            "detail": f"{what} {shown} {name} {threshold} ({scope})"}
+
+
+def best_prompt(metrics: dict) -> tuple[str, float] | None:
+    """(variant, accuracy) of the best prompt baseline in evaluate's metrics.json (a tie keeps zero-shot)."""
+    found = [(name, _number(metrics, "variants", name, "accuracy")) for name in PROMPT_BASELINES]
+    found = [(name, acc) for name, acc in found if acc is not None]
+    return max(found, key=lambda f: f[1]) if found else None
 
 
 def gate_checks(args: argparse.Namespace, metrics: dict, optimize: dict | None) -> list[dict]:
     """One check per threshold given (inputs were validated, so every number needed is there)."""
     checks = []
     tuned, base = _number(metrics, "finetuned", "accuracy"), _number(metrics, "base", "accuracy")
+    scope = f"{metrics.get('split')} split, n={metrics.get('n')}"
     if args.min_accuracy is not None:
-        checks.append(_check("min_accuracy", f"fine-tuned accuracy {tuned:.4f}", tuned, ">=", args.min_accuracy))
+        checks.append(_check("min_accuracy", f"fine-tuned accuracy {tuned:.4f}", tuned, ">=", args.min_accuracy,
+                             scope))
     if args.min_gain is not None:
         checks.append(_check("min_gain", f"gain over base {tuned - base:+.4f} (fine-tuned {tuned:.4f}, base "
-                             f"{base:.4f})", tuned - base, ">=", args.min_gain))
+                             f"{base:.4f})", tuned - base, ">=", args.min_gain, scope))
+    if args.min_gain_over_prompt is not None:
+        name, prompt = best_prompt(metrics)
+        checks.append(_check("min_gain_over_prompt", f"gain over the best prompt baseline {tuned - prompt:+.4f} "
+                             f"(fine-tuned {tuned:.4f}, {name} {prompt:.4f})", tuned - prompt, ">=",
+                             args.min_gain_over_prompt, scope))
     if args.max_optimized_drop is not None:
         drop = _number(optimize, "accuracy_drop")
         accs = [_number(optimize, runtime, "accuracy") for runtime in ("pytorch", "onnx")]
@@ -179,7 +219,8 @@ def gate_checks(args: argparse.Namespace, metrics: dict, optimize: dict | None) 
         metric = optimize.get("accuracy_metric") or "accuracy"  # optimize scores generation with rouge_l
         what = (f"{metric} drop after optimization {drop:.4f} (pytorch {torch_acc}, onnx {onnx_acc}, "
                 f"{optimize.get('precision')})")
-        checks.append(_check("max_optimized_drop", what, drop, "<=", args.max_optimized_drop))
+        scope = f"optimize_report: {optimize.get('split') or 'split not stated'}, n={optimize.get('n')}"
+        checks.append(_check("max_optimized_drop", what, drop, "<=", args.max_optimized_drop, scope))
     return checks
 
 
@@ -272,8 +313,8 @@ def main(argv=None) -> dict:
             raise GateFailed(f"quality gate failed ({len(failed)} of {len(checks)} checks); nothing registered",
                              problems=[c["detail"] for c in failed])
         if not checks:
-            print("register: no gate thresholds given (--min_accuracy/--min_gain/--max_optimized_drop); "
-                  "registering without a quality gate")
+            print("register: no gate thresholds given (--min_accuracy/--min_gain/--min_gain_over_prompt/"
+                  "--max_optimized_drop); registering without a quality gate")
 
         lin = lineage(args, reports, _git_commit(tracking_uri, run.info.run_id))
         tags = version_tags(lin, checks, run.info.run_id)
