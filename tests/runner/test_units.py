@@ -1,8 +1,10 @@
-"""Pure parts of the runner: command rendering, value formatting, the local Python in the reuse key, --help."""
+"""Pure parts of the runner: command rendering, value formatting, the environment in the reuse key, --help."""
 
 from __future__ import annotations
 
 import pytest
+from pathlib import Path
+
 from click.testing import CliRunner
 
 from slmops.cli import main
@@ -46,22 +48,37 @@ def test_help(command):
     assert "--set" in result.output
 
 
-def test_local_python_environment_is_part_of_the_reuse_key(monkeypatch, tmp_path):
-    """Steps run in this Python locally: a different set of installed distributions must change the key."""
+@pytest.mark.parametrize("command", [["env", "list"], ["env", "prune"], ["cache", "prune"], ["env"], ["cache"]])
+def test_store_commands_help(command):
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0, result.output
 
-    from slmops.runner import store
+
+def _key(environment, versions: dict) -> str:
     from slmops.pipeline.graph import Node
+    from slmops.runner.envs import Environments, RunnerPython
+    from slmops.runner.store import key_parts, step_key
 
-    node = Node(name="a", kind="command", command="python x.py", code=None, environment="azureml:env@latest",
+    node = Node(name="a", kind="command", command="python x.py", code=None, environment=environment,
                 component={"name": "a"}, input_specs={}, inputs={}, outputs={})
-    store.local_python.cache_clear()
-    before = store.step_key(store.key_parts(node, "0" * 64, {}))
-    site = tmp_path / "site"
-    (site / "somepkg-1.0.dist-info").mkdir(parents=True)
-    import site as site_module
+    envs = Environments(Path("/nowhere"), RunnerPython.current(), version_of=versions.get)
+    plan = envs.plan(environment)
+    return step_key(key_parts(node, "0" * 64, {}, envs.identity(plan, None)))
 
-    monkeypatch.setattr(site_module, "getsitepackages", lambda: [str(site)])
-    store.local_python.cache_clear()
-    after = store.step_key(store.key_parts(node, "0" * 64, {}))
-    assert before != after
-    store.local_python.cache_clear()
+
+def test_the_reuse_key_holds_the_versions_an_environment_declares_not_every_installed_distribution():
+    """Azure ML keys on the environment definition: locally, on the versions of what it declares as they resolve
+    here. Installing an unrelated distribution (pytest) re-runs nothing; upgrading a declared one re-runs."""
+    env = {"image": "python", "conda_file": {"dependencies": ["python=3.11", {"pip": ["six>=1.10", "packaging"]}]}}
+    base = {"six": "1.16.0", "packaging": "24.0"}
+    assert _key(env, base) == _key(env, dict(base, pytest="8.0"))
+    assert _key(env, base) != _key(env, dict(base, six="1.17.0"))
+
+
+def test_a_registered_environment_is_keyed_on_slmops_and_its_requirements(monkeypatch):
+    from slmops.runner import envs
+
+    monkeypatch.setattr(envs, "slmops_versions", lambda: {"slmops": "0.1.0", "torch": "2.13.0"})
+    before = _key("azureml:slmops-cpu@latest", {})
+    monkeypatch.setattr(envs, "slmops_versions", lambda: {"slmops": "0.1.0", "torch": "2.14.0"})
+    assert _key("azureml:slmops-cpu@latest", {}) != before

@@ -164,6 +164,7 @@ class Builder:
         self.exports: dict[tuple[str, str], dict] = {}    # (pipeline node, output) -> binding
         self.sources: set[str] = set()
         self.reported_cloud: set[str] = set()
+        self.unsupported: dict[str, tuple[str, str]] = {}   # node name -> (where, job type): not run locally
 
     def local_limit(self, message: str) -> None:
         """What only a local run cannot do: an error for `run`, a warning for `validate`, nothing for `submit`."""
@@ -197,7 +198,17 @@ class Builder:
                     self.problems.append(f"{where}: {raw} names an unknown job '{m['job']}' "
                                          f"(jobs: {', '.join(sorted(scope_jobs))}). Fix: correct the job name.")
                     return None
+                if job.type not in ("command", "sweep", "pipeline"):
+                    # automl, parallel, spark, import...: not run locally; the edge is dropped in resolve_aliases
+                    known = set(getattr(job, "outputs", None) or {})
+                    if known and m["output"] not in known:
+                        self.problems.append(f"{where}: {raw}: job '{m['job']}' has no output '{m['output']}' "
+                                             f"(outputs: {', '.join(sorted(known))}). Fix: correct the output name.")
+                        return None
+                    return {"node": prefix + m["job"], "output": m["output"]}
                 comp = job.trial if job.type == "sweep" else job.component
+                if isinstance(comp, str) or comp is None:
+                    return {"node": prefix + m["job"], "output": m["output"]}   # reported where the job is built
                 if m["output"] not in (comp.outputs or {}):
                     self.problems.append(f"{where}: {raw}: job '{m['job']}' has no output '{m['output']}' "
                                          f"(outputs: {', '.join(sorted(comp.outputs or {})) or 'none'}). "
@@ -241,13 +252,16 @@ class Builder:
             if "path" in binding and not Path(binding["path"]).exists():
                 self.problems.append(f"{field}: {binding['path']} does not exist. Fix: correct the path (relative "
                                      "to the YAML that names it) or pass one with --set.")
-            if "cloud" in binding and self.target == "local" and binding["cloud"] not in self.reported_cloud:
+            if "cloud" in binding and self.target == "local" and binding.get("ref") == "storage" \
+                    and binding["cloud"] not in self.reported_cloud:
+                # Registered assets, datastore paths and http(s) URLs are the runner's (slmops.runner.assets):
+                # it maps them to local stand-ins or says how to give one. Other storage URLs cannot be read here.
                 self.reported_cloud.add(binding["cloud"])
                 source = binding.get("from")
                 fix = (f"`--set {source}=./local/path`" if source else "a local path in the YAML")
                 self.problems.append(
-                    f"{field if not source else 'inputs.' + source}: {binding['cloud']} is an Azure ML asset and "
-                    f"cannot be resolved offline. Fix: pass a local copy with {fix}.")
+                    f"{field if not source else 'inputs.' + source}: {binding['cloud']} is a cloud storage URL that "
+                    f"a local run cannot read. Fix: pass a local copy with {fix}.")
         return bound
 
     def scope(self, jobs: dict, scope_inputs: dict, prefix: str, base: Path, exports_to: str | None,
@@ -273,8 +287,7 @@ class Builder:
                             self.exports[(exports_to, m["pout"])] = alias
                 continue
             if kind not in ("command", "sweep"):
-                self.local_limit(f"{where}: job type '{kind}' is not supported locally. Fix: use command, "
-                                 "sweep or pipeline jobs.")
+                self.unsupported[flat] = (where, kind)      # reported in resolve_aliases, with its consumers
                 continue
             data = job._to_dict()
             comp_obj = job.trial if kind == "sweep" else job.component
@@ -297,14 +310,20 @@ class Builder:
             for out_name, spec in (comp.get("outputs") or {}).items():
                 outputs[out_name] = dict(spec)
                 raw = getattr(job.outputs.get(out_name), "_data", None) if job.outputs else None
-                target = getattr(raw, "path", raw)
+                target = raw.get("path") if isinstance(raw, dict) else getattr(raw, "path", raw)
                 if isinstance(target, str) and (m := BINDING.match(target.strip())) and m["pout"]:
                     if exports_to is None:
                         pipeline_outputs[m["pout"]] = {"node": flat, "output": out_name}
                     else:
                         self.exports[(exports_to, m["pout"])] = {"node": flat, "output": out_name}
-                elif raw is not None and hasattr(raw, "type") and getattr(raw, "mode", None):
-                    outputs[out_name]["mode"] = raw.mode
+                elif raw is not None and not isinstance(raw, str):
+                    # The job's own output settings: where Azure ML writes it (an azureml://datastores/... path,
+                    # possibly with ${{name}}/${{output_name}}) and how it is mounted; the runner publishes the
+                    # output to the datastore's local stand-in.
+                    for setting in ("path", "mode", "type"):
+                        value = raw.get(setting) if isinstance(raw, dict) else getattr(raw, setting, None)
+                        if isinstance(value, str) and value:
+                            outputs[out_name][setting] = value
             code = comp.get("code")
             if code is not None and not (code.startswith("azureml:") or "://" in code):
                 code = str(Path(code).resolve())
@@ -320,12 +339,20 @@ class Builder:
                                  "run on one machine. Fix: use instance_count: 1 locally (keep "
                                  "process_count_per_instance for several processes).")
             if distribution and distribution.get("type") not in ("pytorch", None):
-                self.local_limit(f"{where}.distribution.type: {distribution.get('type')} is not supported "
-                                 "locally. Fix: use `type: pytorch` (or run it on Azure ML).")
+                dist_type = str(distribution.get("type"))
+                self.local_limit(f"{where}.distribution.type: {dist_type} is not supported locally. "
+                                 + DISTRIBUTION_ALTERNATIVE.get(dist_type.lower(), "Fix: use `type: pytorch` locally")
+                                 + ".")
             self.check_command(comp.get("command", ""), specs, inputs, outputs, searched, where)
+            environment = comp.get("environment")
+            conda_path = getattr(getattr(comp_obj, "environment", None), "_conda_file_path", None)
+            if isinstance(environment, dict) and isinstance(environment.get("conda_file"), dict) and conda_path:
+                environment = dict(environment, conda_file=conda_requirement_files(
+                    environment["conda_file"], Path(conda_path).resolve().parent, self.sources))
+                comp = dict(comp, environment=environment)
             self.nodes[flat] = Node(
                 name=flat, kind=kind, command=comp.get("command", ""), code=code,
-                environment=comp.get("environment"), component=comp, input_specs=specs, inputs=inputs,
+                environment=environment, component=comp, input_specs=specs, inputs=inputs,
                 outputs=outputs, distribution=distribution, resources=resources,
                 is_deterministic=bool(comp.get("is_deterministic", True)), sweep=sweep,
                 environment_variables=data.get("environment_variables") or None,
@@ -362,6 +389,11 @@ class Builder:
                                      f"nothing. Fix: bind it in a job (${{{{parent.inputs.{name}}}}}) or remove it.")
 
     def resolve_aliases(self, pipeline_outputs: dict) -> None:
+        """Bindings to outputs of pipeline-component jobs become bindings to the job inside that produces them;
+        jobs of a type that does not run locally are reported (with the jobs that consume their outputs) and
+        every edge to them is dropped, so the graph stays a graph of runnable nodes."""
+        self.drop_unsupported(pipeline_outputs)
+
         def follow(binding):
             seen = 0
             while binding is not None and "alias" in binding and seen < 100:
@@ -382,5 +414,23 @@ class Builder:
                         node.inputs[name] = target
         for name, binding in list(pipeline_outputs.items()):
             pipeline_outputs[name] = follow(binding)
+
+    def drop_unsupported(self, pipeline_outputs: dict) -> None:
+        for name, (where, kind) in sorted(self.unsupported.items()):
+            consumers = sorted(n.name for n in self.nodes.values()
+                               if any(b.get("node") == name for b in n.inputs.values()))
+            after = (f" Its consumers ({', '.join(consumers)}) cannot run without it either." if consumers else "")
+            self.local_limit(f"{where}: job type '{kind}' does not run locally: {unsupported_job(kind)}.{after}")
+        dropped = set(self.unsupported)
+        for node in self.nodes.values():
+            for input_name, binding in list(node.inputs.items()):
+                if binding.get("node") in dropped:
+                    del node.inputs[input_name]
+        for out_name, binding in list(pipeline_outputs.items()):
+            if binding and binding.get("node") in dropped:
+                del pipeline_outputs[out_name]
+        for key, binding in list(self.exports.items()):
+            if binding and binding.get("node") in dropped:
+                del self.exports[key]
 
 

@@ -1,6 +1,9 @@
-"""`slmops run`: Azure ML pipeline-job YAML, offline.
+"""`slmops run`: Azure ML pipeline-job YAML, offline; `slmops env` and `slmops cache`: the runner's store.
 
     slmops run pipelines/finetune.yaml --set base_model=./tiny-model --run-dir runs/try1 --max-parallel 2
+    slmops env list                       # virtual environments built for steps' environment definitions
+    slmops env prune --older-than 30      # ... not used for 30 days (never one in use)
+    slmops cache prune --keep-last 20     # step cache, working copies, snapshots, downloads
 
 Steps are reused across runs (content-addressed cache in `<run dir parent>/.slmops/`); MLflow records go to
 `MLFLOW_TRACKING_URI` or `<run dir parent>/.slmops/mlflow.db`. This module imports nothing heavy: a re-run of an
@@ -10,6 +13,7 @@ unchanged pipeline reads its resolved graph from the cache and never imports azu
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,6 +21,27 @@ from pathlib import Path
 import click
 
 from slmops.pipeline.cli import SET_HELP, STRICT_HELP, echo_warning
+
+ENV_HELP = ("How steps' environments are materialised. auto: pip requirements are installed into a virtual "
+            "environment per definition (layered on this Python, built once, cached); what cannot be built here "
+            "(conda packages, registered environments, images) is noted once and the step runs on this Python. "
+            "strict: that is an error. docker: steps whose environment has an image run in it (needs Docker).")
+STORE_HELP = "The runner's store: the .slmops/ folder beside the run folders."
+
+
+def _pairs(values: tuple[str, ...], option: str) -> dict[str, Path]:
+    from slmops.errors import UserError
+
+    found, bad = {}, []
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            bad.append(f"{option} {value!r}: expected NAME=DIR")
+        else:
+            found[name] = Path(path).resolve()
+    if bad:
+        raise UserError(f"{len(bad)} malformed {option} value(s):", problems=bad)
+    return found
 
 
 @click.command()
@@ -29,28 +54,56 @@ from slmops.pipeline.cli import SET_HELP, STRICT_HELP, echo_warning
 @click.option("--max-parallel", type=click.IntRange(min=1), default=2, show_default=True,
               help="How many independent steps run at the same time.")
 @click.option("--force-rerun", is_flag=True, help="Run every step, reusing nothing.")
+@click.option("--env", "env_mode", type=click.Choice(["auto", "strict", "docker"]), default="auto",
+              show_default=True, help=ENV_HELP)
+@click.option("--assets", "assets_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Local stand-ins of registered assets and datastores (YAML: `assets: {\"name:version\": path}`, "
+                   "`datastores: {name: folder}`). Default: .slmops/assets.yaml in the current folder, if any.")
+@click.option("--datastore", "datastores", multiple=True, metavar="NAME=DIR",
+              help="A local folder standing in for an Azure ML datastore: azureml://datastores/NAME/paths/P inputs "
+                   "read DIR/P and outputs with such a path are copied there (default: <store>/datastores/NAME).")
 def run(pipeline: Path, set_: tuple[str, ...], strict: bool, run_dir: Path | None, max_parallel: int,
-        force_rerun: bool):
-    """Run an Azure ML pipeline-job YAML on this machine, reusing unchanged steps."""
+        force_rerun: bool, env_mode: str, assets_file: Path | None, datastores: tuple[str, ...]):
+    """Run an Azure ML pipeline YAML on this machine, reusing unchanged steps."""
+    from slmops.errors import UserError
     from slmops.pipeline.load import cached_graph, report
     from slmops.pipeline.overrides import parse_sets
+    from slmops.runner.assets import StandIns, apply_pipeline_outputs
     from slmops.runner.display import Display
+    from slmops.runner.envs import Environments, RunnerPython, docker_available
     from slmops.runner.executor import Executor
     from slmops.runner.store import Store
     from slmops.runner.tracking import default_uri, open_tracker
 
     sets = parse_sets(set_)
+    stores = _pairs(datastores, "--datastore")
     if run_dir is None:
         run_dir = Path("runs") / f"{pipeline.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = run_dir.resolve()
     loaded = cached_graph(pipeline, sets, run_dir.parent / ".slmops")
     report(loaded, strict=strict, echo=echo_warning)          # nothing is written before the pipeline is valid
     graph = loaded.graph
-    store = Store(run_dir.parent / ".slmops")
+    if env_mode == "docker" and not docker_available():
+        raise UserError("--env docker: Docker is not available here (`docker info` failed). Fix: start Docker, or "
+                        "use --env auto.")
+    store_root = (run_dir.parent / ".slmops").resolve()
+    if assets_file is None and Path(".slmops/assets.yaml").is_file():
+        assets_file = Path(".slmops/assets.yaml")
+    stand_ins = StandIns(store_root, assets_file.resolve() if assets_file else None, stores)
+    apply_pipeline_outputs(graph, pipeline)
+    problems = stand_ins.resolve(graph)
+    installer = os.environ.get("SLMOPS_INSTALLER") or ("uv" if shutil.which("uv") else "pip")
+    envs = Environments(store_root / "envs", RunnerPython.current(), installer, env_mode)
+    plans = {name: envs.plan(node.environment) for name, node in graph.nodes.items()}
+    problems += envs.problems({f"jobs.{n}.environment": p for n, p in plans.items()})
+    if problems:
+        raise UserError(f"{pipeline} cannot run locally; {len(problems)} problem(s):", problems=problems)
+    store = Store(store_root)
     uri = os.environ.get("MLFLOW_TRACKING_URI") or default_uri(store.root)
     tracker = open_tracker(uri, graph.experiment_name, store.root)
     display = Display(list(graph.nodes))
-    executor = Executor(graph, run_dir, store, tracker, display, max_parallel, force_rerun, str(pipeline.resolve()))
+    executor = Executor(graph, run_dir, store, tracker, display, max_parallel, force_rerun, str(pipeline.resolve()),
+                        envs=envs, plans=plans, stand_ins=stand_ins)
     try:
         code = executor.execute()
     except KeyboardInterrupt:
@@ -68,3 +121,97 @@ def run(pipeline: Path, set_: tuple[str, ...], strict: bool, run_dir: Path | Non
         click.echo(executor.failure_report(), err=True)
         sys.exit(1)
 
+
+# ---------------------------------------------------------------------------------------------- env / cache
+
+def _criteria(older_than: float | None, keep_last: int | None) -> None:
+    if older_than is None and keep_last is None:
+        raise click.UsageError("say what to prune: --older-than DAYS, --keep-last N, or both "
+                               "(--keep-last 0 removes everything not in use).")
+
+
+def _prune(entries, older_than, keep_last, dry_run: bool) -> None:
+    from slmops.runner.prune import human, remove, select
+
+    chosen = select(entries, older_than, keep_last)
+    freed, kept = 0, 0
+    for entry in chosen:
+        size = entry.size()
+        if dry_run:
+            click.echo(f"would remove {entry.kind} {entry.path} ({human(size)}, {entry.detail})")
+            freed += size
+        elif remove(entry):
+            click.echo(f"removed {entry.kind} {entry.path} ({human(size)}, {entry.detail})")
+            freed += size
+        else:
+            click.echo(f"kept {entry.kind} {entry.path}: in use (a running step or build holds its lock)")
+            kept += 1
+    verb = "would free" if dry_run else "freed"
+    click.echo(f"{len(chosen) - kept} of {len(entries)} entries {'to remove' if dry_run else 'removed'}, "
+               f"{verb} {human(freed)}" + (f"; {kept} in use kept" if kept else ""))
+
+
+PRUNE_OPTIONS = [
+    click.option("--store", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/.slmops"),
+                 show_default=True, help=STORE_HELP),
+    click.option("--older-than", type=click.FloatRange(min=0), default=None, metavar="DAYS",
+                 help="Remove entries last used more than DAYS days ago."),
+    click.option("--keep-last", type=click.IntRange(min=0), default=None, metavar="N",
+                 help="Keep the N most recently used entries of each kind, whatever their age."),
+    click.option("--dry-run", is_flag=True, help="Only say what would be removed."),
+]
+
+
+def _with(options):
+    def decorate(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return decorate
+
+
+@click.group()
+def env():
+    """The virtual environments `slmops run` built for steps' environment definitions."""
+
+
+@env.command("list")
+@click.option("--store", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/.slmops"),
+              show_default=True, help=STORE_HELP)
+def env_list(store: Path):
+    """List built environments: hash, what they hold, size, last use."""
+    from slmops.runner.prune import env_entries, human
+
+    entries = env_entries(store)
+    if not entries:
+        click.echo(f"no environments built under {store / 'envs'}")
+        return
+    for entry in sorted(entries, key=lambda e: e.last_used, reverse=True):
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.last_used)) if entry.last_used else "never"
+        click.echo(f"{entry.path.name[:12]}  {human(entry.size()):>9}  last used {used}  {entry.detail}")
+
+
+@env.command("prune")
+@_with(PRUNE_OPTIONS)
+def env_prune(store: Path, older_than: float | None, keep_last: int | None, dry_run: bool):
+    """Remove built environments by age or count; never one being built or used by a running step."""
+    from slmops.runner.prune import env_entries
+
+    _criteria(older_than, keep_last)
+    _prune(env_entries(store), older_than, keep_last, dry_run)
+
+
+@click.group()
+def cache():
+    """The step cache of `slmops run` (finished steps, working copies, code snapshots, downloads)."""
+
+
+@cache.command("prune")
+@_with(PRUNE_OPTIONS)
+def cache_prune(store: Path, older_than: float | None, keep_last: int | None, dry_run: bool):
+    """Remove cached steps, kept working copies, snapshots, downloads and resolved graphs by age or count; never
+    a running step's. Old run folders' output links into removed entries break (their run.json stays)."""
+    from slmops.runner.prune import cache_entries
+
+    _criteria(older_than, keep_last)
+    _prune(cache_entries(store), older_than, keep_last, dry_run)

@@ -6,10 +6,17 @@ step means: resolve its inputs (literals, local paths, upstream outputs), comput
 reuse a finished step with that key or launch the command. After a failure nothing new starts; the running
 steps finish, and the run exits non-zero naming the failed step and showing the tail of its log.
 
-A step's process: `bash -c <command>` in a snapshot of the component's `code:` folder, with MLFLOW_TRACKING_URI,
-MLFLOW_RUN_ID, MLFLOW_EXPERIMENT_ID, AZUREML_RUN_ID and AZUREML_ROOT_RUN_ID set. Under `distribution: pytorch`
-it is started `process_count_per_instance` times, each copy with RANK, WORLD_SIZE, LOCAL_RANK,
-LOCAL_WORLD_SIZE, NODE_RANK, MASTER_ADDR and MASTER_PORT set, as Azure ML's launcher does on one node.
+A step whose environment needs building (`slmops.runner.envs`) waits, in state "building", for its environment's
+build, which runs in a thread (once per environment, whatever number of steps need it); its reuse key includes
+what the environment resolved to.
+
+A step's process: `bash -c <command>` in a fresh working copy of the component's `code:` snapshot
+(`slmops.runner.workspace`), with `./outputs` present, its own throw-away Python layer first on PATH (`python`,
+`pip`: what it pip-installs stays there), and MLFLOW_TRACKING_URI, MLFLOW_RUN_ID, MLFLOW_EXPERIMENT_ID,
+AZUREML_RUN_ID and AZUREML_ROOT_RUN_ID set. Under `distribution: pytorch` it is started `process_count_per_instance`
+times, each copy with RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, NODE_RANK, MASTER_ADDR and MASTER_PORT set,
+as Azure ML's launcher does on one node. When it ends, `./outputs` becomes the artifacts of its MLflow run and the
+working copy is removed (a failed step's is kept for a look; `slmops cache prune` removes it later).
 """
 
 from __future__ import annotations
@@ -28,13 +35,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slmops.runner.display import Display
-from slmops.pipeline.graph import Graph, Node, toposort
-from slmops.pipeline.checks import INPUT_REF, OPTIONAL, OUTPUT_REF
-from slmops.runner.store import Store, key_parts, step_key
-from slmops.runner.trial import Trial
 from slmops.errors import UserError
 from slmops.io import write_json
+from slmops.pipeline.checks import INPUT_REF, OPTIONAL, OUTPUT_REF
+from slmops.pipeline.graph import Graph, Node, toposort
+from slmops.runner.assets import StandIns
+from slmops.runner.display import Display
+from slmops.runner.envs import BuildError, Environments, Plan, docker_argv
+from slmops.runner.store import Store, key_parts, step_key
+from slmops.runner.trial import Trial
+from slmops.runner.workspace import Workspace
 
 TAIL_LINES = 25
 POLL_SECONDS = 0.05
@@ -79,7 +89,7 @@ def _free_port() -> int:
 SHELL_SYNTAX = {"&&", "||", "|", ";", "&", ">", ">>", "<", "2>", "2>&1"}
 
 
-def torchrun_argv(command: str, processes: int, port: int) -> list[str] | None:
+def torchrun_argv(command: str, processes: int, port: int, python: str = sys.executable) -> list[str] | None:
     """`python -m pkg ARGS` / `python script.py ARGS` as a torchrun launch of `processes` workers on this node.
 
     torchrun gives each worker RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR and
@@ -99,7 +109,7 @@ def torchrun_argv(command: str, processes: int, port: int) -> list[str] | None:
         target = ["-m", *target[1:]]
     elif target[0].startswith("-"):
         return None
-    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(processes),
+    return [python, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(processes),
             "--master-addr", "127.0.0.1", "--master-port", str(port), *target]
 
 
@@ -107,7 +117,8 @@ class StepProcess:
     """The process(es) of one step: output streamed to the display with a prefix and appended to the log."""
 
     def __init__(self, prefix: str, command: str, cwd: Path, env: dict, log_path: Path, display: Display,
-                 processes: int = 1, distributed: bool = False, lock_fd: int | None = None):
+                 processes: int = 1, distributed: bool = False, lock_fds: tuple[int, ...] = (),
+                 python: str = sys.executable, wrap=None):
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log = open(log_path, "ab")
         self.log_lock = threading.Lock()
@@ -116,7 +127,7 @@ class StepProcess:
         self.threads: list[threading.Thread] = []
         self.code: int | None = None
         port = _free_port() if distributed else None
-        argv = torchrun_argv(command, processes, port) if distributed else None
+        argv = torchrun_argv(command, processes, port, python) if distributed and wrap is None else None
         for rank in range(1 if argv else processes):
             proc_env = dict(env)
             if argv:                 # torchrun sets RANK/LOCAL_RANK/WORLD_SIZE/... for each worker itself
@@ -125,9 +136,10 @@ class StepProcess:
                 proc_env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(processes),
                                 LOCAL_WORLD_SIZE=str(processes), NODE_RANK="0", GROUP_RANK="0",
                                 MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-            proc = subprocess.Popen(argv or ["bash", "-c", command], cwd=cwd, env=proc_env, stdout=subprocess.PIPE,
+            launch = argv or (wrap(command, proc_env) if wrap else ["bash", "-c", command])
+            proc = subprocess.Popen(launch, cwd=cwd, env=proc_env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                    pass_fds=() if lock_fd is None else (lock_fd,))
+                                    pass_fds=tuple(fd for fd in lock_fds if fd is not None))
             name = f"{prefix}[{rank}]" if processes > 1 and not argv else prefix
             thread = threading.Thread(target=self._pump, args=(proc, name), daemon=True)
             thread.start()
@@ -173,7 +185,7 @@ class StepProcess:
 
 @dataclass
 class Active:
-    """A step that is running: its handle (StepProcess or SweepHandle), reuse key and MLflow run."""
+    """A step that is running: its handle (StepProcess or SweepHandle), reuse key, MLflow run, working copy."""
 
     node: Node
     key: str
@@ -181,13 +193,39 @@ class Active:
     handle: object
     outputs: dict[str, Path]
     lock_fd: int
+    env_fd: int | None = None
+    work: Workspace | None = None
     started: float = field(default_factory=time.monotonic)
     timed_out: bool = False
 
 
+class EnvBuild:
+    """One environment's build in a thread (`Environments.build`), shared by every step that needs it."""
+
+    def __init__(self, envs: Environments, plan: Plan, say):
+        self.plan = plan
+        self.result: dict | None = None
+        self.error = ""
+        self.thread = threading.Thread(target=self._run, args=(envs, say), daemon=True)
+        self.thread.start()
+
+    def _run(self, envs: Environments, say) -> None:
+        try:
+            self.result = envs.build(self.plan, say)
+        except BuildError as exc:
+            self.error = str(exc)
+        except Exception as exc:      # a bug or an OS error: the steps fail with it, the run goes on to its end
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    @property
+    def done(self) -> bool:
+        return not self.thread.is_alive()
+
+
 class Executor:
     def __init__(self, graph: Graph, run_dir: Path, store: Store, tracker, display: Display, max_parallel: int,
-                 force_rerun: bool, pipeline_file: str = ""):
+                 force_rerun: bool, pipeline_file: str = "", envs: Environments | None = None,
+                 plans: dict[str, Plan] | None = None, stand_ins: StandIns | None = None):
         self.graph = graph
         self.run_dir = Path(run_dir).resolve()
         self.store = store
@@ -197,6 +235,14 @@ class Executor:
         self.sharing = 1            # how many steps share the cores at the moment a step starts
         self.force_rerun = force_rerun or graph.force_rerun
         self.pipeline_file = pipeline_file
+        if envs is None:
+            from slmops.runner.envs import RunnerPython
+
+            envs = Environments(store.root / "envs", RunnerPython.current())
+        self.envs = envs
+        self.plans = plans if plans is not None else {n: envs.plan(node.environment)
+                                                      for n, node in graph.nodes.items()}
+        self.stand_ins = stand_ins or StandIns(store.root)
         self.order = toposort({name: node.upstream() for name, node in graph.nodes.items()})
         self.state = {name: "pending" for name in self.order}
         self.outputs: dict[str, dict[str, Path]] = {}
@@ -204,7 +250,16 @@ class Executor:
         self.running: dict[str, Active] = {}
         self.failed: list[tuple[str, str]] = []       # (node, reason)
         self.code_hashes: dict[str | None, str] = {}
+        self.builds: dict[str, EnvBuild] = {}         # environment hash -> its build
+        self.built: dict[str, dict] = {}              # environment hash -> env.json
+        self.build_errors: dict[str, str] = {}        # environment hash -> why its build failed
+        self.kept_work: dict[str, Path] = {}          # failed node -> its working copy
         self.parent_run = ""
+
+    @property
+    def run_name(self) -> str:
+        """The run's name, as Azure ML's ${{name}} of a pipeline job: the run folder's name."""
+        return self.run_dir.name
 
     # ------------------------------------------------------------------------------------------------ the loop
     def execute(self) -> int:
@@ -214,9 +269,10 @@ class Executor:
         self.parent_run = self.tracker.start_run(
             self.graph.name, tags={"slmops.kind": "pipeline", "slmops.pipeline": self.pipeline_file,
                                    "slmops.run_dir": str(self.run_dir)})
-        environments = sorted({_describe_environment(n.environment) for n in self.graph.nodes.values()})
-        self.display.notice(f"note: environment(s) {', '.join(environments)} recorded, not built: every step runs "
-                            f"in this Python ({sys.executable}).")
+        from slmops.runner.envs import format_notices
+
+        for text in format_notices(self.plans):
+            self.display.notice(text)
         status = "FAILED"
         try:
             while True:
@@ -230,16 +286,23 @@ class Executor:
                     if code is not None:
                         del self.running[name]
                         self._finish(name, active, code)
+                for env_hash, build in list(self.builds.items()):
+                    if build.done:
+                        del self.builds[env_hash]
+                        if build.result is not None:
+                            self.built[env_hash] = build.result
+                        else:
+                            self._build_failed(build)
                 if not self.failed:
                     # How many steps are about to share this machine's cores (see _env).
-                    ready = sum(1 for n in self.order if self.state[n] == "pending" and self._ready(n))
+                    ready = sum(1 for n in self.order if self.state[n] in ("pending", "building") and self._ready(n))
                     self.sharing = max(1, min(self.max_parallel, len(self.running) + ready))
                     for name in self.order:
                         if len(self.running) >= self.max_parallel:
                             break
-                        if self.state[name] == "pending" and self._ready(name):
+                        if self.state[name] in ("pending", "building") and self._ready(name):
                             self._start(self.graph.nodes[name])
-                if not self.running:
+                if not self.running and not self.builds:
                     break
                 time.sleep(POLL_SECONDS)
             if not self.failed:
@@ -248,9 +311,10 @@ class Executor:
             return 0 if not self.failed else 1
         except BaseException:
             status = "KILLED"
+            self.envs.kill_builds()
             for name, active in self.running.items():
                 active.handle.kill()
-                os.close(active.lock_fd)
+                self._release(active)
                 self.tracker.end_run(active.run_id, "KILLED")
                 self._set(name, "killed")
             raise
@@ -260,7 +324,7 @@ class Executor:
             else:
                 os.environ["MLFLOW_TRACKING_URI"] = previous_uri
             for name in self.order:
-                if self.state[name] == "pending":
+                if self.state[name] in ("pending", "building"):
                     self._set(name, "skipped")
             self.tracker.end_run(self.parent_run, status)
             self.store.save_hashes()
@@ -278,6 +342,46 @@ class Executor:
     def _set(self, name: str, state: str, detail: str = "") -> None:
         self.state[name] = state
         self.display.state(name, state, detail)
+
+    # ------------------------------------------------------------------------------------------------ environments
+    def _environment(self, node: Node) -> tuple[Plan, dict | None] | None:
+        """The node's environment plan and, for a built one, its env.json; None while it is being built."""
+        plan = self.plans[node.name]
+        if not plan.needs_build:
+            return plan, None
+        if plan.hash in self.build_errors:
+            self.failed.append((node.name, f"its environment could not be built: {self.build_errors[plan.hash]}"))
+            self._set(node.name, "failed", self.failed[-1][1])
+            return None
+        if plan.hash not in self.built:
+            ready = self.envs.ready(plan) if plan.hash not in self.builds else None
+            if ready is None:
+                if plan.hash not in self.builds:
+                    self.builds[plan.hash] = EnvBuild(self.envs, plan, self.display.notice)
+                if self.state[node.name] != "building":
+                    self._set(node.name, "building", f"environment {plan.hash[:12]} ({plan.mode}: "
+                                                     f"{' '.join(plan.install)})")
+                return None
+            self.built[plan.hash] = ready
+        return plan, self.built[plan.hash]
+
+    def _build_failed(self, build: EnvBuild) -> None:
+        self.build_errors[build.plan.hash] = build.error
+        log = self.envs.folder(build.plan) / "build.log"
+        for name in self.order:
+            if self.state[name] == "building" and self.plans[name].hash == build.plan.hash:
+                reason = f"its environment could not be built: {build.error}"
+                self._copy_build_log(name, build.plan)
+                self.failed.append((name, reason))
+                self._set(name, "failed", f"{reason}; log: {log}")
+
+    def _copy_build_log(self, name: str, plan: Plan) -> None:
+        """The environment's build log among the step's user_logs (built now or by an earlier run)."""
+        log = self.envs.folder(plan) / "build.log"
+        if plan.venv and log.exists():
+            target = self.run_dir / name / "user_logs" / "env_build.log"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log, target)
 
     # ------------------------------------------------------------------------------------------------ one step
     def _resolve_inputs(self, node: Node) -> tuple[dict, dict]:
@@ -301,9 +405,14 @@ class Executor:
         return self.code_hashes[code]
 
     def _start(self, node: Node) -> None:
+        environment = self._environment(node)
+        if environment is None:
+            return                                    # its environment is being built
+        plan, built = environment
         values, identity = self._resolve_inputs(node)
         code_hash = self._code_hash(node.code)
-        parts = key_parts(node, code_hash, identity)
+        env_identity = self.envs.identity(plan, built)
+        parts = key_parts(node, code_hash, identity, env_identity)
         key = step_key(parts)
         if any(active.key == key for active in self.running.values()):
             return           # an identical step is running in this pipeline: reuse it once it finished
@@ -311,22 +420,29 @@ class Executor:
         log_path = node_dir / "user_logs" / "std_log.txt"
         if log_path.exists():
             log_path.unlink()
-        tags = {"slmops.node": node.name, "slmops.cache_key": key, "slmops.kind": node.kind}
+        self._copy_build_log(node.name, plan)
+        inputs = {f"slmops.input.{k}": format_value(v) for k, v in values.items()}
+        tags = {"slmops.node": node.name, "slmops.cache_key": key, "slmops.kind": node.kind,
+                "slmops.environment": plan.mode + (f" {plan.hash[:12]}" if plan.hash else ""), **inputs}
+        self.tracker.log_params(self.parent_run, {f"{node.name}.{k}": format_value(v) for k, v in values.items()})
         force = self.force_rerun or not node.is_deterministic
         finished = None if force else self.store.finished(key)
         if finished is not None:
             run_id = self.tracker.start_run(node.name, self.parent_run, dict(tags, **{"slmops.reused": "true",
-                                            "slmops.reused_from": finished.get("run_id", "")}),
-                                            {k: format_value(v) for k, v in values.items()})
+                                            "slmops.reused_from": finished.get("run_id", "")}))
             self.tracker.end_run(run_id, "FINISHED")
-            self.outputs[node.name] = self.store.done_outputs(key, list(node.outputs))
+            self.outputs[node.name] = self.store.done_outputs(key, node.outputs)
             self.hashes[node.name] = finished["output_hashes"]
             log_path.parent.mkdir(parents=True, exist_ok=True)
             cached_log = self.store.step_dir(key) / "std_log.txt"
             log_path.write_text(f"[slmops] reused the outputs of step key {key} (MLflow run "
                                 f"{finished.get('run_id')}); its log follows.\n"
                                 + (cached_log.read_text(errors="replace") if cached_log.exists() else ""))
-            self._record(node, key, run_id, "reused", values, parts=parts)
+            self._link_artifacts(node.name, finished.get("run_id", ""))
+            self._publish(node)
+            self._record(node, key, finished.get("run_id", run_id), "reused", values, parts=parts,
+                         env_identity=env_identity, plan=plan)
+            self._remember(node, key, parts, env_identity)
             self._set(node.name, "reused")
             return
 
@@ -337,49 +453,138 @@ class Executor:
             self.failed.append((node.name, reason))
             self._set(node.name, "failed", reason)
             return
-        run_id = self.tracker.start_run(node.name, self.parent_run, dict(tags, **{"slmops.reused": "false"}),
-                                        {k: format_value(v) for k, v in values.items()})
-        outputs = self.store.attempt_outputs(key, list(node.outputs))
-        cwd = self.store.snapshot(node.code, code_hash)
-        env = self._env(run_id, node.environment_variables)
+        self._why_rerun(node, key, parts, env_identity, force)
+        run_id = self.tracker.start_run(node.name, self.parent_run, dict(tags, **{"slmops.reused": "false"}))
+        env_fd = self.envs.hold(plan)
+        outputs = self.store.attempt_outputs(key, node.outputs)
+        snapshot = self.store.snapshot(node.code, code_hash)
+        self.store.touch(snapshot)
         if node.kind == "sweep":
-            handle = SweepHandle(self, node, key, run_id, values, outputs, cwd, lock_fd)
+            handle = SweepHandle(self, node, key, run_id, values, snapshot, plan, (lock_fd, env_fd))
+            work = None
         else:
+            work = Workspace.create(self.store.root / "work", snapshot, f"{key[:16]}-{node.name}")
+            env = self._env(run_id, node.environment_variables, plan, work)
             command = render_command(node.command, values, outputs, f"jobs.{node.name}.command")
             dist = node.distribution or {}
             processes = int(dist.get("process_count_per_instance") or 1) if dist.get("type") == "pytorch" else 1
-            handle = StepProcess(node.name, command, cwd, env, log_path, self.display, processes,
-                                 distributed=dist.get("type") == "pytorch", lock_fd=lock_fd)
-        self.running[node.name] = Active(node, key, run_id, handle, outputs, lock_fd)
-        self._record(node, key, run_id, "running", values, parts=parts)
+            handle = StepProcess(node.name, command, work.cwd, env, log_path, self.display, processes,
+                                 distributed=dist.get("type") == "pytorch", lock_fds=(lock_fd, env_fd),
+                                 python=str(work.layer / "bin" / "python"), wrap=self._docker(plan, work, values, node))
+        self.running[node.name] = Active(node, key, run_id, handle, outputs, lock_fd, env_fd, work)
+        self._record(node, key, run_id, "running", values, parts=parts, env_identity=env_identity, plan=plan)
+        self._remember(node, key, parts, env_identity)
         self._set(node.name, "running")
 
-    def _env(self, run_id: str, extra: dict | None = None) -> dict:
+    def _env(self, run_id: str, extra: dict | None, plan: Plan, work: Workspace) -> dict:
         env = dict(os.environ)
         env.update({k: str(v) for k, v in (extra or {}).items()})
         env.update(MLFLOW_TRACKING_URI=self.tracker.uri, MLFLOW_RUN_ID=run_id,
                    MLFLOW_EXPERIMENT_ID=str(self.tracker.experiment_id), AZUREML_RUN_ID=run_id,
                    AZUREML_ROOT_RUN_ID=self.parent_run, PYTHONUNBUFFERED="1")
         env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        # `python` in a command is this interpreter (the one the reuse key describes), whatever PATH holds.
-        env["PATH"] = os.pathsep.join([str(self.store.python_shims()), env.get("PATH") or os.defpath])
+        # `python`/`pip` of a command are the step's own layer over its environment, whatever PATH holds: what it
+        # pip-installs lands in the layer, never in the runner's environment or another step's.
+        bin_dir = self.envs.step_layer(plan, work.layer)
+        env_bin = self.envs.env_bin(plan)
+        env["PATH"] = os.pathsep.join([str(bin_dir), *([str(env_bin)] if env_bin else []), env.get("PATH") or os.defpath])
+        env["VIRTUAL_ENV"] = str(work.layer)
+        env.pop("PYTHONHOME", None)
         # On Azure ML each step has its node's cores to itself; here up to max_parallel steps share this machine's,
         # and two steps each spinning all-core thread pools slow each other several-fold. Share them out unless
         # the user (or the job's environment_variables) chose.
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.sharing)))
         return env
 
+    def _docker(self, plan: Plan, work: Workspace, values: dict, node: Node):
+        """For --env docker: a launcher running the command in the environment's image (None: run it here)."""
+        if plan.mode != "docker":
+            return None
+        image = self.built[plan.hash]["image"]
+        mounts = [str(self.store.root), str(work.root)]
+        mounts += [str(Path(v)) for v in values.values() if isinstance(v, str) and os.path.isabs(v)
+                   and os.path.exists(v)]
+        keep = {"MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "AZUREML_RUN_ID",
+                "AZUREML_ROOT_RUN_ID", "PYTHONUNBUFFERED", "OMP_NUM_THREADS", "MLFLOW_DISABLE_TELEMETRY", "RANK",
+                "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"}
+        extra = set(node.environment_variables or {})
+
+        def wrap(command: str, env: dict) -> list[str]:
+            return docker_argv(image, command, work.cwd, {k: v for k, v in env.items() if k in keep | extra}, mounts)
+        return wrap
+
+    def _why_rerun(self, node: Node, key: str, parts: dict, env_identity: dict, force: bool) -> None:
+        """Say which part of the reuse key changed since this node's last run (nothing when it never ran)."""
+        last = self.store.last_run(self.pipeline_file, node.name)
+        if not last or last.get("cache_key") == key:
+            if force and last:
+                self.display.notice(f"{node.name}: runs again although nothing changed "
+                                    f"({'--force-rerun / force_rerun' if self.force_rerun else 'is_deterministic: false'})")
+            return
+        changed = []
+        old = last.get("key_parts") or {}
+        for part, value in parts.items():
+            if part == "inputs":
+                for name in sorted(set(value) | set(old.get("inputs") or {})):
+                    if value.get(name) != (old.get("inputs") or {}).get(name):
+                        changed.append(f"input {name}")
+            elif old.get(part) != value:
+                if part == "environment":
+                    before, now = last.get("environment") or {}, env_identity
+                    detail = _diff(before, now)
+                    changed.append(f"environment ({detail})" if detail else "environment definition")
+                else:
+                    changed.append({"code": "code snapshot", "component": "component spec",
+                                    "outputs": "output settings", "run_settings": "run settings"}.get(part, part))
+        if changed:
+            self.display.notice(f"{node.name}: runs again: {', '.join(changed)} changed since its last run "
+                                f"({last.get('run_dir', '?')})")
+
+    def _remember(self, node: Node, key: str, parts: dict, env_identity: dict) -> None:
+        self.store.save_last_run(self.pipeline_file, node.name, {"cache_key": key, "key_parts": parts,
+                                                                 "environment": env_identity,
+                                                                 "run_dir": str(self.run_dir)})
+
+    def _release(self, active: Active) -> None:
+        os.close(active.lock_fd)
+        if active.env_fd is not None:
+            os.close(active.env_fd)
+
     def _finish(self, name: str, active: Active, code: int) -> None:
         try:
             self._conclude(name, active, code)
         finally:
-            os.close(active.lock_fd)
+            self._release(active)
+
+    def _close_work(self, name: str, work: Workspace | None, run_id: str, keep: bool) -> None:
+        """./outputs -> the run's artifacts; a step that changed a hard-linked snapshot file is named; the working
+        copy is removed (kept when `keep`)."""
+        if work is None:
+            return
+        outputs = work.outputs()
+        if outputs is not None:
+            self.tracker.log_artifacts(run_id, outputs, "outputs")
+            self._link_artifacts(name, run_id)
+        changed = work.check_links()
+        if changed:
+            self.display.notice(f"{name}: changed {', '.join(changed[:3])} of its code snapshot in place; the "
+                                "snapshot was discarded and is rebuilt from the code folder next time")
+        if keep:
+            self.kept_work[name] = work.cwd
+        else:
+            work.remove()
+
+    def _link_artifacts(self, name: str, run_id: str) -> None:
+        folder = self.tracker.artifact_dir(run_id) if run_id else None
+        if folder is not None and folder.is_dir():
+            _link(self.run_dir / name / "artifacts", folder)
 
     def _conclude(self, name: str, active: Active, code: int) -> None:
         node = active.node
         log_path = self.run_dir / name / "user_logs" / "std_log.txt"
         if code == 0 and node.kind == "sweep":
             code = active.handle.adopt_best(active.outputs)
+        self._close_work(name, active.work, active.run_id, keep=code != 0)
         if code != 0:
             self.tracker.end_run(active.run_id, "FAILED")
             if active.timed_out:
@@ -397,14 +602,24 @@ class Executor:
         if log_path.exists():
             shutil.copyfile(log_path, self.store.step_dir(active.key) / "std_log.txt")
         self.outputs[name] = self.store.complete(active.key, {"node": name, "run_id": active.run_id,
-                                                              "finished": time.time()})
+                                                              "finished": time.time()}, node.outputs)
         self.hashes[name] = self.store.finished(active.key)["output_hashes"]
         self.tracker.end_run(active.run_id, "FINISHED")
+        self._publish(node)
         self._record(node, active.key, active.run_id, "done", None)
         self._set(name, "done")
 
+    def _publish(self, node: Node) -> None:
+        """Outputs whose settings name an azureml://datastores/... path are copied to that datastore's stand-in."""
+        for out_name, spec in node.outputs.items():
+            target = self.stand_ins.output_target(spec, self.run_name, out_name)
+            source = self.outputs[node.name][out_name]
+            if target is not None and source.exists():
+                self.stand_ins.publish(source, target)
+                self.display.line(node.name, f"[slmops] output {out_name} -> {target}")
+
     def _record(self, node: Node, key: str, run_id: str, status: str, values: dict | None, reason: str = "",
-                parts: dict | None = None) -> None:
+                parts: dict | None = None, env_identity: dict | None = None, plan: Plan | None = None) -> None:
         """`<run>/<node>/step.json` and `<run>/<node>/outputs/<name>` links to the cached outputs."""
         node_dir = self.run_dir / node.name
         step_file = node_dir / "step.json"
@@ -412,8 +627,13 @@ class Executor:
         if values is not None:
             record = {"node": node.name, "cache_key": key, "key_parts": parts, "mlflow_run_id": run_id,
                       "inputs": {k: format_value(v) for k, v in values.items()},
-                      "environment": node.environment, "code": node.code}
+                      "environment": node.environment, "environment_resolved": env_identity,
+                      "environment_mode": plan.mode if plan else None,
+                      "environment_folder": str(self.envs.folder(plan)) if plan and plan.venv else None,
+                      "code": node.code}
         record.update(status=status, reason=reason)
+        if node.name in self.kept_work:
+            record["working_copy"] = str(self.kept_work[node.name])
         write_json(step_file, record)
         if status in ("done", "reused"):
             for out_name, path in self.outputs[node.name].items():
@@ -427,9 +647,13 @@ class Executor:
         lines = []
         for name, reason in self.failed:
             log_path = self.run_dir / name / "user_logs" / "std_log.txt"
+            if not log_path.exists() and (self.run_dir / name / "user_logs" / "env_build.log").exists():
+                log_path = self.run_dir / name / "user_logs" / "env_build.log"
             tail = log_path.read_text(errors="replace").splitlines()[-TAIL_LINES:] if log_path.exists() else []
             lines.append(f"step '{name}' failed ({reason}). Last lines of {log_path}:")
             lines += [f"  {line}" for line in tail]
+            if name in self.kept_work:
+                lines.append(f"  its working directory is kept: {self.kept_work[name]}")
         skipped = [n for n, s in self.state.items() if s == "skipped"]
         if skipped:
             lines.append(f"not started: {', '.join(skipped)}")
@@ -437,12 +661,13 @@ class Executor:
 
 
 class SweepHandle:
-    """A sweep node in progress: `slmops.runner.sweep.run_sweep` in a thread, its trials as step processes."""
+    """A sweep node in progress: `slmops.runner.sweep.run_sweep` in a thread, its trials as step processes, each
+    in its own working copy of the snapshot."""
 
-    def __init__(self, executor: Executor, node: Node, key: str, run_id: str, values: dict,
-                 outputs: dict[str, Path], cwd: Path, lock_fd: int):
+    def __init__(self, executor: Executor, node: Node, key: str, run_id: str, values: dict, snapshot: Path,
+                 plan: Plan, lock_fds: tuple):
         self.ex, self.node, self.key, self.run_id = executor, node, key, run_id
-        self.values, self.cwd, self.lock_fd = values, cwd, lock_fd
+        self.values, self.snapshot, self.plan, self.lock_fds = values, snapshot, plan, lock_fds
         self.result = None
         self.error = ""
         self.trials: list[Trial] = []
@@ -466,36 +691,47 @@ class SweepHandle:
         finally:
             self.finished.set()
 
+    def trial_dir(self, index: int) -> Path:
+        return self.ex.store.step_dir(self.key) / "trials" / str(index)
+
     def start_trial(self, index: int, params: dict) -> Trial:
+        from slmops.runner.store import output_path
+
         values = dict(self.values, **params)
-        trial_dir = self.ex.store.step_dir(self.key) / "trials" / str(index)
+        trial_dir = self.trial_dir(index)
         outputs = {}
-        for name in self.node.outputs:
-            outputs[name] = trial_dir / name
-            outputs[name].mkdir(parents=True, exist_ok=True)
+        for name, spec in self.node.outputs.items():
+            (trial_dir / name).mkdir(parents=True, exist_ok=True)
+            outputs[name] = output_path(trial_dir, name, spec)
         run_id = self.ex.tracker.start_run(
             f"{self.node.name}/trial-{index}", self.run_id,
-            {"slmops.node": self.node.name, "slmops.trial": str(index), "slmops.kind": "trial"},
-            {k: format_value(v) for k, v in values.items()})
+            {"slmops.node": self.node.name, "slmops.trial": str(index), "slmops.kind": "trial",
+             **{f"slmops.input.{k}": format_value(v) for k, v in values.items()}})
         command = render_command(self.node.command, values, outputs, f"jobs.{self.node.name}.trial")
         log_path = self.ex.run_dir / self.node.name / "trials" / str(index) / "user_logs" / "std_log.txt"
-        proc = StepProcess(f"{self.node.name}[{index}]", command, self.cwd,
-                           self.ex._env(run_id, self.node.environment_variables), log_path,
-                           self.ex.display, lock_fd=self.lock_fd)
+        work = Workspace.create(self.ex.store.root / "work", self.snapshot,
+                                f"{self.key[:16]}-{self.node.name}-trial-{index}")
+        proc = StepProcess(f"{self.node.name}[{index}]", command, work.cwd,
+                           self.ex._env(run_id, self.node.environment_variables, self.plan, work), log_path,
+                           self.ex.display, lock_fds=self.lock_fds, python=str(work.layer / "bin" / "python"),
+                           wrap=self.ex._docker(self.plan, work, values, self.node))
         ended = []
+
+        def end(code: int, status: str) -> None:
+            ended.append(code)
+            self.ex._close_work(f"{self.node.name}/trials/{index}", work, run_id, keep=False)
+            self.ex.tracker.end_run(run_id, status)
 
         def poll() -> int | None:
             code = proc.poll()
             if code is not None and not ended:
-                ended.append(code)
-                self.ex.tracker.end_run(run_id, "FINISHED" if code == 0 else "FAILED")
+                end(code, "FINISHED" if code == 0 else "FAILED")
             return code
 
         def kill() -> None:
             proc.kill()
             if not ended:
-                ended.append(-9)
-                self.ex.tracker.end_run(run_id, "KILLED")
+                end(-9, "KILLED")
 
         trial = Trial(index, dict(params), run_id, outputs, poll, kill)
         self.trials.append(trial)
@@ -515,9 +751,11 @@ class SweepHandle:
     def adopt_best(self, outputs: dict[str, Path]) -> int:
         """Make the best trial's outputs the node's outputs; record every trial. Returns 0."""
         result = self.result
-        for name, target in outputs.items():
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(result.best_outputs[name], target)
+        best = self.trial_dir(result.best_index)
+        attempt = self.ex.store.step_dir(self.key) / "attempt"
+        for name in outputs:
+            shutil.rmtree(attempt / name, ignore_errors=True)
+            os.replace(best / name, attempt / name)
         write_json(self.ex.run_dir / self.node.name / "sweep.json", {
             "best_index": result.best_index, "best_params": result.best_params, "best_metric": result.best_metric,
             "best_run_id": result.best_run_id, "trials": result.trials})
@@ -535,10 +773,18 @@ def _link(link: Path, target: Path) -> None:
             shutil.rmtree(link)
         else:
             link.unlink()
-    link.symlink_to(Path(target).resolve(), target_is_directory=True)
+    link.symlink_to(Path(target).resolve(), target_is_directory=Path(target).is_dir())
 
 
-def _describe_environment(environment) -> str:
-    if isinstance(environment, dict):
-        return str(environment.get("image") or environment.get("name") or "inline environment")
-    return str(environment or "none")
+def _diff(before: dict, now: dict, prefix: str = "") -> str:
+    """`six 1.16.0 -> 1.17.0, python cpython 3.11.7 -> ...` between two environment identities."""
+    changes = []
+    for key in sorted(set(before) | set(now)):
+        old, new = before.get(key), now.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            inner = _diff(old, new, "")
+            if inner:
+                changes.append(inner)
+        elif old != new:
+            changes.append(f"{prefix}{key} {old if old is not None else '(none)'} -> {new if new is not None else '(none)'}")
+    return ", ".join(changes)

@@ -4,26 +4,30 @@
       mlflow.db, mlartifacts/      embedded MLflow tracking (see slmops.runner.tracking)
       graphs/<key>.json            resolved pipeline graphs (see slmops.pipeline.load.cached_graph)
       filehash.json                sha256 per file, keyed by (path, size, mtime): big inputs are hashed once
-      snapshots/<code hash>/       copies of components' `code:` folders (less what `.amlignore` excludes)
-      bin/<hash>/python            `python`/`python3` shims for the interpreter steps run in (first on PATH)
+      snapshots/<code hash>/       copies of components' `code:` folders (less what `.amlignore` excludes): immutable
+      work/<node>-<id>/            a step's (or trial's) own working copy of its snapshot (cwd/) and Python layer (py/)
+      envs/<hash>/                 virtual environments built for environment definitions (slmops.runner.envs)
+      datastores/<name>/           default local stand-ins of Azure ML datastores (slmops.runner.assets)
+      downloads/<sha>/             http(s) data inputs, downloaded once
+      nodes/<sha>.json             the reuse key parts of each pipeline node's last run (to say why a step re-runs)
       cache/<step key>/attempt/<output>/   outputs of a running or failed attempt (handed to the retry as is)
       cache/<step key>/done/<output>/      outputs of a finished step: renamed from attempt/ in one step
       cache/<step key>/done.json           what the finished step produced (output content hashes, run id)
 
 A step's key hashes everything Azure ML's reuse rule names: the component spec, the code snapshot's content, the
-environment definition, input contents and parameter values, and output/run settings.
+environment (its definition, and the interpreter and package versions it resolves to here), input contents and
+parameter values, and output/run settings. A `uri_file` output is a file inside `<output>/` (its name from the
+output's `path`, else the output's name); other outputs are the `<output>/` folder itself.
 """
 
 from __future__ import annotations
 
 import fcntl
-import functools
 import hashlib
 import json
 import os
-import shlex
 import shutil
-import sys
+import time
 from pathlib import Path
 
 from slmops.pipeline.graph import Node
@@ -133,23 +137,12 @@ class Store:
             shutil.rmtree(tmp, ignore_errors=True)
         return target
 
-    def python_shims(self, executable: str = sys.executable) -> Path:
-        """A folder holding `python` and `python3` that start `executable`: put first on a step's PATH, so the
-        `python` of a command is the interpreter its reuse key describes, whatever PATH holds (a venv need not be
-        activated). Scripts, not links: a link to a venv's python outside the venv would lose the venv."""
-        folder = self.root / "bin" / hashlib.sha256(executable.encode()).hexdigest()[:16]
-        if not (folder / "python3").exists():
-            tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            for name in ("python", "python3"):
-                (tmp / name).write_text(f'#!/bin/sh\nexec {shlex.quote(executable)} "$@"\n')
-                (tmp / name).chmod(0o755)
-            try:
-                os.replace(tmp, folder)
-            except OSError:        # another runner made it first
-                shutil.rmtree(tmp, ignore_errors=True)
-        return folder
+    def touch(self, path: Path) -> None:
+        """Record a use (mtime) of a snapshot or cache entry, for `slmops cache prune`."""
+        try:
+            os.utime(path)
+        except OSError:
+            pass
 
     # ---------------------------------------------------------------------------------------------- step cache
     def step_dir(self, key: str) -> Path:
@@ -186,62 +179,67 @@ class Store:
             return json.loads((d / "done.json").read_text())
         return None
 
-    def attempt_outputs(self, key: str, outputs: list[str]) -> dict[str, Path]:
-        """Output folders for an attempt: the same ones a failed earlier attempt with this key used."""
+    def attempt_outputs(self, key: str, outputs: dict[str, dict]) -> dict[str, Path]:
+        """Output paths for an attempt: the same ones a failed earlier attempt with this key used. A uri_file output
+        is a file path whose folder exists (the step creates the file); any other output is a folder."""
         base = self.step_dir(key) / "attempt"
         base.mkdir(parents=True, exist_ok=True)   # a step with no outputs still completes through attempt/ -> done/
         paths = {}
-        for name in outputs:
-            paths[name] = base / name
-            paths[name].mkdir(parents=True, exist_ok=True)
+        for name, spec in outputs.items():
+            (base / name).mkdir(parents=True, exist_ok=True)
+            paths[name] = output_path(base, name, spec)
         return paths
 
-    def complete(self, key: str, info: dict) -> dict[str, Path]:
+    def complete(self, key: str, info: dict, outputs: dict[str, dict]) -> dict[str, Path]:
         """Mark an attempt finished: hash its outputs, rename attempt/ -> done/ (atomic), then write done.json."""
         d = self.step_dir(key)
         if (d / "done").exists():
             shutil.rmtree(d / "done")
         (d / "done.json").unlink(missing_ok=True)
         os.replace(d / "attempt", d / "done")
-        outputs = {p.name: p for p in sorted((d / "done").iterdir())}
-        info = dict(info, output_hashes={name: self.hash_path(p) for name, p in outputs.items()})
+        paths = self.done_outputs(key, outputs)
+        info = dict(info, output_hashes={name: self.hash_path(d / "done" / name) for name in paths})
         write_json(d / "done.json", info)
-        return outputs
+        return paths
 
-    def done_outputs(self, key: str, names: list[str]) -> dict[str, Path]:
-        return {name: self.step_dir(key) / "done" / name for name in names}
+    def done_outputs(self, key: str, outputs: dict[str, dict]) -> dict[str, Path]:
+        self.touch(self.step_dir(key) / "done.json")
+        return {name: output_path(self.step_dir(key) / "done", name, spec) for name, spec in outputs.items()}
 
-
-@functools.lru_cache(maxsize=1)
-def local_python() -> str:
-    """The environment a step really runs in locally: this interpreter and the distributions installed for it.
-
-    Components name an Azure ML environment (recorded, not built); locally every step runs in this Python, so an
-    upgraded package must make steps re-run just as a changed environment does on Azure ML. The installed
-    distributions are read from the `*.dist-info` / `*.egg-info` folder names in site-packages (name and version are
-    in the folder name): a directory listing, not a metadata read, to keep a cached re-run fast.
-    """
-    import site
-    import sysconfig
-
-    folders = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()}
-    if site.ENABLE_USER_SITE:
-        folders.add(site.getusersitepackages())
-    names = []
-    for folder in sorted(folders):   # site-packages only: sys.path also holds the cwd and test roots
+    # ---------------------------------------------------------------------------------------------- last runs
+    def last_run(self, pipeline: str, node: str) -> dict | None:
+        """What the previous run of this pipeline node recorded (key parts, environment, run folder), or None."""
         try:
-            names += [n for n in os.listdir(folder) if n.endswith((".dist-info", ".egg-info"))]
-        except OSError:
-            continue
-    blob = json.dumps([os.path.realpath(sys.executable), sys.version, sorted(set(names))])
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+            return json.loads(self._node_file(pipeline, node).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def save_last_run(self, pipeline: str, node: str, record: dict) -> None:
+        write_json(self._node_file(pipeline, node), record)
+
+    def _node_file(self, pipeline: str, node: str) -> Path:
+        digest = hashlib.sha256(json.dumps([pipeline, node]).encode()).hexdigest()[:24]
+        return self.root / "nodes" / f"{digest}.json"
 
 
-def key_parts(node: Node, code_hash: str, input_identity: dict) -> dict:
+def output_path(base: Path, name: str, spec: dict) -> Path:
+    """`base/<name>` for a folder output; `base/<name>/<file>` for a uri_file output (the file's name from the
+    output's `path` setting when it has one without expressions, else the output's name)."""
+    if (spec or {}).get("type") != "uri_file":
+        return base / name
+    path = str((spec or {}).get("path") or "").rstrip("/")
+    file_name = path.rsplit("/", 1)[-1].replace("${{output_name}}", name) if path else ""
+    if not file_name or "{" in file_name or file_name in (".", ".."):
+        file_name = name
+    return base / name / file_name
+
+
+def key_parts(node: Node, code_hash: str, input_identity: dict, environment: dict | None = None) -> dict:
     """What a step's reuse key is made of, each part hashed (kept in step.json: diff two to see why a step re-ran).
 
     Azure ML's rule: component spec, code snapshot content, environment definition, inputs (values and content),
-    output settings and run settings.
+    output settings and run settings. `environment` is what the step's environment resolves to here
+    (`slmops.runner.envs.Environments.identity`: interpreter version and the versions of what it declares).
     """
     def digest(obj) -> str:
         return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -250,7 +248,7 @@ def key_parts(node: Node, code_hash: str, input_identity: dict) -> dict:
     return {
         "component": digest(component),
         "code": code_hash[:16],
-        "environment": digest([node.environment, local_python()]),
+        "environment": digest([node.environment, environment]),
         "inputs": {name: digest(identity) for name, identity in sorted(input_identity.items())},
         "outputs": digest(node.outputs),
         "run_settings": digest([node.distribution, node.resources, node.environment_variables, node.sweep]),

@@ -1,5 +1,10 @@
 """MLflow records for a local pipeline run: one parent run per pipeline, one child run per step.
 
+The runner never logs params into a step's run: the step's own script logs there (sklearn autolog, Trainer...), and
+MLflow refuses a param logged twice with another value. A step's inputs are tags of its run (`slmops.input.<name>`)
+and params of the pipeline's parent run (`<node>.<input>`). A step's `./outputs` folder (Azure ML's default
+artifacts) is logged as the artifacts of its run, under `outputs/`.
+
 The embedded default is a sqlite store at `<store>/mlflow.db` (artifacts in `<store>/mlartifacts/`), or
 `MLFLOW_TRACKING_URI` when set. Importing mlflow costs ~2 s, so once the sqlite database and the experiment
 exist, runs, params and tags are written with the standard library's sqlite3 into MLflow's own tables; they are
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import shutil
 import sqlite3
 import time
 import uuid
@@ -86,6 +92,22 @@ class SqliteRecorder:
             con.executemany("INSERT OR REPLACE INTO tags (key, value, run_uuid) VALUES (?, ?, ?)",
                             [(k, str(v)[:8000], run_id) for k, v in tags.items()])
 
+    def log_params(self, run_id: str, params: dict) -> None:
+        with self._connect() as con:
+            con.executemany("INSERT OR REPLACE INTO params (key, value, run_uuid) VALUES (?, ?, ?)",
+                            [(k[:250], _param(v), run_id) for k, v in params.items()])
+
+    def artifact_dir(self, run_id: str) -> Path | None:
+        """The folder of a run's artifacts when the experiment stores them on this file system."""
+        return _local_dir(f"{self.artifact_location}/{run_id}/artifacts")
+
+    def log_artifacts(self, run_id: str, folder: Path, artifact_path: str) -> Path | None:
+        target = self.artifact_dir(run_id)
+        if target is None:
+            return None
+        shutil.copytree(folder, target / artifact_path, dirs_exist_ok=True)
+        return target
+
     def end_run(self, run_id: str, status: str) -> None:
         with self._connect() as con:
             con.execute("UPDATE runs SET status = ?, end_time = ? WHERE run_uuid = ?", (status, _now_ms(), run_id))
@@ -126,8 +148,27 @@ class MlflowRecorder:
         for key, value in tags.items():
             self.client.set_tag(run_id, key, str(value))
 
+    def log_params(self, run_id: str, params: dict) -> None:
+        for key, value in params.items():
+            self.client.log_param(run_id, key[:250], _param(value))
+
+    def artifact_dir(self, run_id: str) -> Path | None:
+        return _local_dir(self.client.get_run(run_id).info.artifact_uri)
+
+    def log_artifacts(self, run_id: str, folder: Path, artifact_path: str) -> Path | None:
+        self.client.log_artifacts(run_id, str(folder), artifact_path)
+        return self.artifact_dir(run_id)
+
     def end_run(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status)
+
+
+def _local_dir(uri: str) -> Path | None:
+    from urllib.parse import unquote, urlparse
+
+    if uri.startswith("file:"):
+        return Path(unquote(urlparse(uri).path))
+    return Path(uri) if "://" not in uri and uri.startswith("/") else None
 
 
 def _param(value) -> str:
