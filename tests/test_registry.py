@@ -162,3 +162,41 @@ def test_create_version_does_not_retry_other_errors(store, monkeypatch):
     monkeypatch.setattr(registry, "sleep", lambda s: pytest.fail("slept on a non-retryable error"))
     with pytest.raises(MlflowException, match="not found|RESOURCE_DOES_NOT_EXIST|does not exist"):
         registry.create_version(store[0], "no-such-model", "/tmp", None, {})
+
+
+def test_gate_verdict():
+    assert registry.gate_verdict([]) == "none"
+    assert registry.gate_verdict([{"name": "min_accuracy", "passed": True}]) == "passed"
+    with pytest.raises(ValueError):
+        registry.gate_verdict([{"name": "min_accuracy", "passed": False}])
+
+
+def test_gate_none_is_promoted_only_when_allowed(store, tmp_path):
+    uri, folders = store
+    registry.ensure_registered_model(uri, "tone-ungated")
+    registry.create_version(uri, "tone-ungated", str(folders["1"]), None, {registry.GATE_TAG: registry.GATE_NONE})
+    with pytest.raises(GateFailed, match="without a quality gate.*--allow-ungated"):
+        registry.require_gate_passed(uri, "tone-ungated", "1")
+    assert registry.require_gate_passed(uri, "tone-ungated", "1", allow_ungated=True)[registry.GATE_TAG] == "none"
+
+
+def test_weights_tags_round_trip():
+    hashes = {"model/model.safetensors": "ab" * 32, "model.onnx": "cd" * 32}
+    tags = registry.weights_tags(hashes)
+    assert list(tags) == [registry.WEIGHTS_TAG]
+    assert registry.recorded_hashes(tags) == hashes
+    assert registry.weights_tags({}) == {} and registry.recorded_hashes({}) is None
+
+
+def test_a_store_mlflow_cannot_open_names_the_file_and_the_fix(tmp_path):
+    import sqlite3
+
+    from slmops import tracking
+
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    tracking.ensure_store(uri)
+    with sqlite3.connect(db) as con:  # a schema version this MLflow does not know (a newer MLflow wrote it)
+        con.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")
+    with pytest.raises(UserError, match=f"the MLflow store {db} cannot be opened.*mlflow db upgrade"):
+        registry.client(uri)

@@ -77,33 +77,14 @@ def parse_ref(ref: str) -> ModelRef | None:
     return None
 
 
-_opened: set[str] = set()  # tracking URIs whose store this process has opened once
-
-
 def client(tracking_uri: str):
-    """An MlflowClient for tracking and registry at `tracking_uri`. A sqlite store is created safely when new
-    (slmops.tracking.ensure_store); one that cannot be opened is a UserError naming the file and the fix."""
+    """An MlflowClient for tracking and registry at `tracking_uri`. A sqlite store is created safely when new, and
+    one that cannot be opened is a UserError naming the file and the fix (slmops.tracking.open_store)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow import MlflowClient
 
-    db = tracking.sqlite_path(tracking_uri)
-    if db is not None and tracking_uri not in _opened:
-        tracking.ensure_store(tracking_uri)
-    c = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    if db is not None and tracking_uri not in _opened:
-        try:  # both stores open (and verify their schema) on first use
-            c.search_experiments(max_results=1)
-            c.search_registered_models(max_results=1)
-        except Exception as exc:
-            if any(m in str(exc) for m in _BUSY_MESSAGES):
-                raise
-            first = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"the MLflow store {db} cannot be opened: {first}. If MLflow says its schema is out of "
-                            f"date, back it up and run: mlflow db upgrade {tracking_uri}; otherwise it is damaged: "
-                            f"move it aside (mv {db} {db}.damaged) and run again to start a new store, or restore "
-                            f"a backup") from None
-        _opened.add(tracking_uri)
-    return c
+    tracking.open_store(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 def get_version(tracking_uri: str, ref: ModelRef):

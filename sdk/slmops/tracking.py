@@ -11,8 +11,9 @@ step only has to log. Run outside either (plain `python -m slmops.steps.x`), not
 
 The embedded sqlite store (`sqlite:///mlflow.db`) is created by `ensure_store(uri)`: under a file lock beside
 the database, migrated in a temp file that is renamed into place, so any number of processes may start at once on
-a new path; a store that is damaged anyway is a UserError naming the file and the fix. `step_run()` and
-`slmops.registry.client()` call it; the local runner calls it before creating its store.
+a new path; a store that is damaged anyway is a UserError naming the file and the fix. `open_store(uri)` adds
+one open through MLflow (schema checks); `step_run()` and `slmops.registry.client()` call it, the local runner
+calls `ensure_store(uri)` before creating its store.
 """
 
 from __future__ import annotations
@@ -166,6 +167,35 @@ def ensure_store(uri: str) -> None:
                         f"set MLFLOW_TRACKING_URI to a sqlite file in a writable folder with free space") from None
 
 
+_opened: set[str] = set()  # tracking URIs whose store this process has opened once
+_BUSY = ("database is locked", "Giving up after")  # a store in use, not a damaged one
+
+
+def open_store(uri: str) -> None:
+    """ensure_store(), then open the sqlite store once through MLflow (both the tracking and the registry store
+    verify their schema then): UserError naming the file and the fix when MLflow cannot open it (a schema from
+    another MLflow version, damage the quick look missed). Once per URI and process; other URIs are left alone."""
+    db = sqlite_path(uri)
+    if db is None or uri in _opened:
+        return
+    ensure_store(uri)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow import MlflowClient
+
+    try:
+        c = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        c.search_experiments(max_results=1)
+        c.search_registered_models(max_results=1)
+    except Exception as exc:
+        if any(m in str(exc) for m in _BUSY):
+            raise
+        first = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"the MLflow store {db} cannot be opened: {first}. If MLflow says its schema is out of "
+                        f"date, back it up and run: mlflow db upgrade {uri}; otherwise it is damaged: move it aside "
+                        f"(mv {db} {db}.damaged) and run again to start a new store, or restore a backup") from None
+    _opened.add(uri)
+
+
 @contextlib.contextmanager
 def step_run():
     """Open the step's MLflow run (or yield None when tracking is off)."""
@@ -175,7 +205,7 @@ def step_run():
         return
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if os.environ.get("MLFLOW_TRACKING_URI"):
-        ensure_store(os.environ["MLFLOW_TRACKING_URI"])
+        open_store(os.environ["MLFLOW_TRACKING_URI"])
     import mlflow
 
     previous, active = _active, mlflow.active_run()

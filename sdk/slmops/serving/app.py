@@ -195,7 +195,7 @@ def with_key_auth(inner, key: str, max_body_bytes: int):
             return _reply(start_response, "413 Request Entity Too Large", too_big)
         if not (length or chunked):
             return inner(environ, start_response)
-        body = _read(environ["wsgi.input"], max_body_bytes + 1)
+        body = _read(environ.get("wsgi.input") or io.BytesIO(), max_body_bytes + 1)
         if len(body) > max_body_bytes:
             _drain(environ)
             return _reply(start_response, "413 Request Entity Too Large", too_big)
