@@ -159,26 +159,16 @@ class StandIns:
 
     @staticmethod
     def publish(source: Path, target: Path) -> None:
-        """Copy a finished output to its datastore stand-in (hard links where possible; replaces what is there)."""
+        """Copy a finished output to its datastore stand-in (a copy: editing it there never changes the cache)."""
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
             if target.exists() and not target.is_dir():
                 target.unlink()
-            shutil.copytree(source, target, dirs_exist_ok=True, copy_function=_link_or_copy)
+            shutil.copytree(source, target, dirs_exist_ok=True)
         else:
             if target.is_dir():
                 shutil.rmtree(target)
-            target.unlink(missing_ok=True)
-            _link_or_copy(source, target)
-
-
-def _link_or_copy(src, dst) -> None:
-    try:
-        if os.path.exists(dst):
-            os.unlink(dst)
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+            shutil.copy2(source, target)
 
 
 def pipeline_output_settings(pipeline_file: str | os.PathLike) -> dict[str, dict]:

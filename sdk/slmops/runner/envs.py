@@ -9,8 +9,9 @@ On Azure ML each environment is an image built from its definition and cached by
 - A definition's pip requirements (the `pip:` section of a conda file, `-r` files in it, `pip install`s of a Docker
   build context) are checked against this interpreter (`importlib.metadata` + `packaging` specifiers).
   All satisfied: the step runs on this Python (mode "runner"). Some missing: a virtual environment layered on this
-  Python gets only the missing ones (mode "layered"). One installed at a version the definition excludes: a fresh
-  virtual environment gets all of them (mode "fresh"). uv installs when it is on PATH, pip otherwise.
+  Python gets only the missing ones (mode "layered", installed with pip: uv would reinstall what the layer
+  inherits, astral-sh/uv#4466). One installed at a version the definition excludes: a fresh virtual environment
+  gets all of them (mode "fresh", installed with uv when it is on PATH, pip otherwise).
 - A built environment lives in `<store>/envs/<hash>/` (`venv/`, `build.log`, `env.json`), keyed by what it holds.
   It is built under an exclusive flock on `lock` (several steps or `slmops run`s needing it at once wait for one
   build), and only `env.json`, written last and atomically, makes it usable: a killed build leaves nothing usable.
@@ -548,7 +549,9 @@ class Environments:
         shutil.rmtree(venv, ignore_errors=True)
         log_path = folder / "build.log"
         started = time.monotonic()
-        installer = self.installer
+        # uv ignores the packages a layered venv inherits (astral-sh/uv#4466): it would install a second copy of
+        # every dependency the runner already has. Layered builds use pip, which installs only what is missing.
+        installer = self.installer if plan.mode == "fresh" else "pip"
         with open(log_path, "w") as log:
             log.write(f"# slmops: building environment {plan.hash} ({plan.mode}) for {plan.definition.label}\n"
                       f"# on {self.runner.executable} ({self.runner.version}), installer {installer}, "

@@ -244,7 +244,8 @@ def key_parts(node: Node, code_hash: str, input_identity: dict, environment: dic
     def digest(obj) -> str:
         return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    component = {k: v for k, v in node.component.items() if k != "code"}   # the code folder counts by content
+    # the code folder counts by content, the environment in its own part
+    component = {k: v for k, v in node.component.items() if k not in ("code", "environment")}
     return {
         "component": digest(component),
         "code": code_hash[:16],
