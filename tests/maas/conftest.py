@@ -45,20 +45,31 @@ def clean_env(monkeypatch):
 
 @pytest.fixture
 def openai_service():
+    """The recording OpenAI service; skips where the optional `openai` package (extra `maas`) is not installed."""
+    pytest.importorskip("openai", reason="the openai package (pip install 'slmops[maas]') drives these calls")
     from tests.maas.fake_openai import FakeOpenAI
 
     return FakeOpenAI()
 
 
 @pytest.fixture
-def run_cli(clean_env, openai_service):
-    """run_cli("maas", "status", "ftjob-1", obj={...}) -> click Result; openai calls go to `openai_service`."""
+def run_cli(clean_env, request):
+    """run_cli("maas", "status", "ftjob-1", obj={...}) -> click Result; openai calls go to `openai_service` (when the
+    openai package is installed: commands that need no service, like export and kaito, run without it)."""
     from click.testing import CliRunner
 
     from slmops.cli import main
 
+    try:
+        import openai  # noqa: F401
+        service = request.getfixturevalue("openai_service")
+    except ImportError:
+        service = None
+
     def run(*args, obj=None):
-        injected = {"http_client": openai_service.client(), "sleep": lambda seconds: None, **(obj or {})}
+        injected = {"sleep": lambda seconds: None, **(obj or {})}
+        if service is not None:
+            injected.setdefault("http_client", service.client())
         return CliRunner().invoke(main, [str(a) for a in args], obj=injected)
 
     return run

@@ -111,8 +111,8 @@ def test_prep_output_folder_is_read_back_into_turns(run_cli, tmp_path, prepared_
 CHATML = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nPhrase: hi<|im_end|>\n<|im_start|>assistant\n"
 PHI3 = "<|system|>\nBe brief.<|end|>\n<|user|>\nPhrase: hi<|end|>\n<|assistant|>\n"
 LLAMA3 = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
-          "<|start_header_id|>user<|end_header_id|>\n\nPhrase: hi<|eot_id|><|start_header_id|>assistant<|end_header_id|>"
-          "\n\n")
+          "<|start_header_id|>user<|end_header_id|>\n\nPhrase: hi<|eot_id|>"
+          "<|start_header_id|>assistant<|end_header_id|>\n\n")
 GEMMA = "<bos><start_of_turn>user\nPhrase: hi<end_of_turn>\n<start_of_turn>model\n"
 
 

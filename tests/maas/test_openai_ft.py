@@ -11,6 +11,8 @@ import logging
 
 import pytest
 
+pytest.importorskip("openai", reason="the openai package (pip install 'slmops[maas]') drives these calls")
+
 from tests.azure.fake_service import SECRET_MARK, FakeCredential
 from tests.maas.conftest import AOAI, FAKE_KEY, TONE
 from tests.maas.fake_openai import multipart
