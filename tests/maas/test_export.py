@@ -104,8 +104,9 @@ def test_prep_output_folder_is_read_back_into_turns(run_cli, tmp_path, prepared_
         user, answer = row["messages"]
         assert user["role"] == "user" and user["content"].startswith("What is the tone of this phrase? ")
         assert "<|" not in user["content"] and answer == {"role": "assistant", "content": source["label"]}
-    test = export(run_cli, "--data", prepared_data, "--split", "test", "--out", tmp_path / "test.jsonl")
-    assert test.exit_code == 0, test.output
+    for split in ("validation", "test"):  # smaller than the training minimum of 10, which is not applied to them
+        result = export(run_cli, "--data", prepared_data, "--split", split, "--out", tmp_path / f"{split}.jsonl")
+        assert result.exit_code == 0, result.output
 
 
 CHATML = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nPhrase: hi<|im_end|>\n<|im_start|>assistant\n"

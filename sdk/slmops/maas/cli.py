@@ -167,8 +167,9 @@ def export(source, split, out, report, model, epochs, price_table, tokenizer, ma
 
     limits = exporting.limits_for(exporting.load_table(price_table), model)
     counter = exporting.token_counter(limits.get("encoding"), tokenizer)
+    # the services' minimum example count is for the training file; a validation or test split may be smaller
     conversations, checked = _load_checked(source, split, _options(kw), limits, counter, epochs=epochs,
-                                           max_example_tokens=max_example_tokens)
+                                           max_example_tokens=max_example_tokens, minimum=split == "train")
     _raise_problems([checked])
     exporting.write_jsonl(conversations, out)
     checked["output"] = str(out)
