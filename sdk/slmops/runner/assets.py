@@ -21,8 +21,6 @@ import hashlib
 import os
 import re
 import shutil
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from slmops.pipeline.checks import DATASTORE_URI
@@ -130,7 +128,7 @@ class StandIns:
         if kind == "url":
             try:
                 return self.download(ref, binding.get("type") or "uri_file"), ""
-            except (OSError, urllib.error.URLError, ValueError) as exc:
+            except (OSError, ValueError) as exc:         # urllib's URLError is an OSError
                 reason = getattr(exc, "reason", None) or exc
                 return None, (f"{where}: {ref} could not be downloaded ({reason}). Fix: download it yourself and "
                               f"{set_fix.replace('a local stand-in', 'the local copy')}.")
@@ -142,6 +140,8 @@ class StandIns:
         name = os.path.basename(url.split("?", 1)[0].rstrip("/")) or "data"
         target = folder / name
         if not target.exists():
+            import urllib.request
+
             folder.mkdir(parents=True, exist_ok=True)
             tmp = folder / f".{name}.{os.getpid()}.part"
             with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response, open(tmp, "wb") as fh:
@@ -172,12 +172,20 @@ class StandIns:
 
 
 def pipeline_output_settings(pipeline_file: str | os.PathLike) -> dict[str, dict]:
-    """The pipeline's own `outputs:` settings (type, path, mode) as written in its YAML."""
+    """The pipeline's own `outputs:` settings (type, path, mode) as written in its YAML. (azure-ai-ml already gives
+    the producing job's output the pipeline output's type; the path is what is read here, so a pipeline without
+    any `azureml://` path is not parsed again.)"""
+    try:
+        text = Path(pipeline_file).read_text()
+    except OSError:
+        return {}
+    if "azureml://" not in text:
+        return {}
     import yaml
 
     try:
-        data = yaml.safe_load(Path(pipeline_file).read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError:
         return {}
     outputs = data.get("outputs") if isinstance(data, dict) else None
     return {k: v for k, v in (outputs or {}).items() if isinstance(v, dict)}

@@ -296,8 +296,31 @@ def _site_dirs() -> tuple[str, ...]:
 
     dirs = list(site.getsitepackages())
     if site.ENABLE_USER_SITE:
-        dirs.append(site.getusersitepackages())
+        dirs.insert(0, site.getusersitepackages())      # before site-packages, as on sys.path
     return tuple(d for d in dirs if os.path.isdir(d))
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@functools.lru_cache(maxsize=1)
+def _dist_index() -> dict[str, tuple[str, str]]:
+    """canonical name -> (version, metadata folder) from the `*.dist-info` folder names of the site dirs: a directory
+    listing, not a metadata read per distribution (a cached re-run computes reuse keys from it). The first site dir
+    wins, as on sys.path."""
+    index: dict[str, tuple[str, str]] = {}
+    for folder in _site_dirs():
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            continue
+        for entry in names:
+            stem = entry[: -len(".dist-info")]
+            if entry.endswith(".dist-info") and stem.count("-") == 1:
+                name, version = stem.split("-")
+                index.setdefault(_canonical(name), (version, os.path.join(folder, entry)))
+    return index
 
 
 def _distribution(name: str):
@@ -307,7 +330,10 @@ def _distribution(name: str):
 
 
 def installed_version(name: str) -> str | None:
-    dist = _distribution(name)
+    found = _dist_index().get(_canonical(name))
+    if found is not None:
+        return found[0]
+    dist = _distribution(name)            # egg-info and unusual layouts
     return dist.version if dist is not None else None
 
 
@@ -318,12 +344,14 @@ def installed_requires(name: str) -> list[str]:
 
 def check_requirements(lines: list[str], version_of=installed_version, requires_of=None) -> Check:
     """Which requirement lines this interpreter satisfies (markers evaluated here; extras followed one level)."""
+    found = Check()
+    if not lines:
+        return found
     from packaging.requirements import InvalidRequirement, Requirement
     from packaging.utils import canonicalize_name
 
     if requires_of is None:
         requires_of = installed_requires
-    found = Check()
     for line in lines:
         try:
             req = Requirement(line)
@@ -372,14 +400,14 @@ def requirement_names(lines: list[str]) -> list[str]:
 @functools.lru_cache(maxsize=1)
 def slmops_versions() -> dict:
     """What a curated/registered environment is taken to be locally: slmops and its requirements, as installed."""
-    from packaging.requirements import Requirement
-
     found = {"slmops": installed_version("slmops")}
     for text in installed_requires("slmops"):
-        req = Requirement(text)
-        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+        name, _, marker = text.partition(";")
+        if "extra" in marker:              # optional extras are not part of what a step gets
             continue
-        found[req.name.lower()] = installed_version(req.name)
+        match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", name)
+        if match:
+            found[_canonical(match.group(1))] = installed_version(match.group(1))
     return found
 
 

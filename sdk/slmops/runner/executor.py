@@ -254,6 +254,8 @@ class Executor:
         self.built: dict[str, dict] = {}              # environment hash -> env.json
         self.build_errors: dict[str, str] = {}        # environment hash -> why its build failed
         self.kept_work: dict[str, Path] = {}          # failed node -> its working copy
+        self.removals: list[threading.Thread] = []    # working copies being removed
+        self.parent_params: dict[str, str] = {}       # <node>.<input> -> value, params of the pipeline's run
         self.parent_run = ""
 
     @property
@@ -326,8 +328,12 @@ class Executor:
             for name in self.order:
                 if self.state[name] in ("pending", "building"):
                     self._set(name, "skipped")
+            if self.parent_params:
+                self.tracker.log_params(self.parent_run, self.parent_params)
             self.tracker.end_run(self.parent_run, status)
             self.store.save_hashes()
+            for remover in self.removals:
+                remover.join()
             write_json(self.run_dir / "run.json", {
                 "pipeline": self.pipeline_file, "status": status, "mlflow_run_id": self.parent_run,
                 "tracking_uri": self.tracker.uri, "steps": self.state,
@@ -424,7 +430,7 @@ class Executor:
         inputs = {f"slmops.input.{k}": format_value(v) for k, v in values.items()}
         tags = {"slmops.node": node.name, "slmops.cache_key": key, "slmops.kind": node.kind,
                 "slmops.environment": plan.mode + (f" {plan.hash[:12]}" if plan.hash else ""), **inputs}
-        self.tracker.log_params(self.parent_run, {f"{node.name}.{k}": format_value(v) for k, v in values.items()})
+        self.parent_params.update({f"{node.name}.{k}": format_value(v) for k, v in values.items()})
         force = self.force_rerun or not node.is_deterministic
         finished = None if force else self.store.finished(key)
         if finished is not None:
@@ -571,8 +577,10 @@ class Executor:
                                 "snapshot was discarded and is rebuilt from the code folder next time")
         if keep:
             self.kept_work[name] = work.cwd
-        else:
-            work.remove()
+        else:                 # off the loop's path (tens of ms for a code folder); joined before the run ends
+            remover = threading.Thread(target=work.remove, daemon=True)
+            remover.start()
+            self.removals.append(remover)
 
     def _link_artifacts(self, name: str, run_id: str) -> None:
         folder = self.tracker.artifact_dir(run_id) if run_id else None
