@@ -183,7 +183,7 @@ def register_inputs(root, tiny_model):
     metrics, data = root / "metrics", root / "data"
     metrics.mkdir()
     data.mkdir()
-    (metrics / "metrics.json").write_text(json.dumps({"task": "classification", "n": 10,
+    (metrics / "metrics.json").write_text(json.dumps({"task": "classification", "split": "test", "n": 10,
                                                       "finetuned": {"accuracy": 0.9}}))
     (data / "data_report.json").write_text(json.dumps({"sha256": "ab" * 32}))
     return ["--model", str(model), "--eval_metrics", str(metrics), "--train_data", str(data)]
