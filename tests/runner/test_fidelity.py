@@ -20,9 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -232,15 +230,21 @@ def test_what_is_not_built_is_said_once_and_strict_makes_it_an_error(tmp_path, r
     assert not (runs / "r2").exists()
 
 
-def test_a_requirements_file_named_in_the_conda_file_is_built_and_a_missing_one_is_an_error(tmp_path, runs, wheels):
+def test_requirements_file_built_failed_build_fails_its_steps_missing_file_is_an_error(tmp_path, runs, wheels):
     pipeline = env_project(tmp_path, ["-r requirements.txt"],
                            {"a": "python probe.py --out ${{outputs.out}} --names slmopstiny"})
     (pipeline.parent / "requirements.txt").write_text("\n".join(offline(wheels) + ["slmopstiny==1.0"]) + "\n")
     result = run(runs, pipeline, "r1")
     assert result.exit_code == 0, result.output
     assert probe(runs, "r1", "a")["versions"] == {"slmopstiny": "1.0"}
+    (pipeline.parent / "requirements.txt").write_text("\n".join(offline(wheels) + ["slmopsnothere==9.9"]) + "\n")
+    failed = run(runs, pipeline, "r2")
+    assert failed.exit_code == 1
+    assert "step 'a' failed (its environment could not be built: pip install failed" in failed.stderr
+    assert "No matching distribution found for slmopsnothere==9.9" in failed.stderr       # the build log's tail
+    assert (runs / "r2" / "a" / "user_logs" / "env_build.log").exists()
     (pipeline.parent / "requirements.txt").unlink()
-    missing = run(runs, pipeline, "r2")
+    missing = run(runs, pipeline, "r3")
     assert missing.exit_code == 2 and "`-r requirements.txt`: file not found" in missing.stderr
 
 

@@ -76,7 +76,8 @@ def cloud_ref(ref: str, kind: str) -> dict:
             name, label = name.split("@", 1)
             return {"ref": "asset", "asset": what, "name": name, "label": label}
         name, _, version = name.partition(":")
-        return {"ref": "asset", "asset": what, "name": name, **({"version": version} if version else {"label": "latest"})}
+        found = {"ref": "asset", "asset": what, "name": name}
+        return dict(found, **({"version": version} if version else {"label": "latest"}))
     if ref.startswith(("http://", "https://")):
         return {"ref": "url"}
     return {"ref": "storage"}
@@ -111,7 +112,8 @@ LOCAL_ALTERNATIVE = {
     "flow": "prompt flows need the promptflow runtime. Fix: locally, run `pf flow test` in a command job",
 }
 DISTRIBUTION_ALTERNATIVE = {
-    "mpi": "Fix: use `type: pytorch` with process_count_per_instance (torchrun-style ranks), or run one process locally",
+    "mpi": "Fix: use `type: pytorch` with process_count_per_instance (torchrun-style ranks), or run one process "
+           "locally",
     "tensorflow": "Fix: use `type: pytorch`-style ranks or run one process (TF_CONFIG is not set up locally)",
 }
 

@@ -9,7 +9,8 @@ import sys
 import threading
 import time
 
-STYLES = {"pending": "dim", "building": "magenta", "running": "cyan", "reused": "green", "done": "bold green", "failed": "bold red",
+STYLES = {"pending": "dim", "building": "magenta", "running": "cyan", "reused": "green", "done": "bold green",
+          "failed": "bold red",
           "skipped": "yellow", "killed": "red"}
 
 

@@ -372,7 +372,8 @@ def check_requirements(lines: list[str], version_of=installed_version, requires_
         for extra in sorted(req.extras):
             for text in requires_of(req.name):
                 sub = Requirement(text)
-                if sub.marker is None or not sub.marker.evaluate({"extra": extra}) or sub.marker.evaluate({"extra": ""}):
+                marker = sub.marker
+                if marker is None or not marker.evaluate({"extra": extra}) or marker.evaluate({"extra": ""}):
                     continue
                 have = version_of(sub.name)
                 if have is None or (sub.specifier and not sub.specifier.contains(have, prereleases=True)):

@@ -373,13 +373,12 @@ class Executor:
 
     def _build_failed(self, build: EnvBuild) -> None:
         self.build_errors[build.plan.hash] = build.error
-        log = self.envs.folder(build.plan) / "build.log"
         for name in self.order:
             if self.state[name] == "building" and self.plans[name].hash == build.plan.hash:
                 reason = f"its environment could not be built: {build.error}"
                 self._copy_build_log(name, build.plan)
                 self.failed.append((name, reason))
-                self._set(name, "failed", f"{reason}; log: {log}")
+                self._set(name, "failed", reason)
 
     def _copy_build_log(self, name: str, plan: Plan) -> None:
         """The environment's build log among the step's user_logs (built now or by an earlier run)."""
@@ -493,7 +492,8 @@ class Executor:
         # pip-installs lands in the layer, never in the runner's environment or another step's.
         bin_dir = self.envs.step_layer(plan, work.layer)
         env_bin = self.envs.env_bin(plan)
-        env["PATH"] = os.pathsep.join([str(bin_dir), *([str(env_bin)] if env_bin else []), env.get("PATH") or os.defpath])
+        env["PATH"] = os.pathsep.join([str(bin_dir), *([str(env_bin)] if env_bin else []),
+                                       env.get("PATH") or os.defpath])
         env["VIRTUAL_ENV"] = str(work.layer)
         env.pop("PYTHONHOME", None)
         # On Azure ML each step has its node's cores to itself; here up to max_parallel steps share this machine's,
@@ -524,8 +524,8 @@ class Executor:
         last = self.store.last_run(self.pipeline_file, node.name)
         if not last or last.get("cache_key") == key:
             if force and last:
-                self.display.notice(f"{node.name}: runs again although nothing changed "
-                                    f"({'--force-rerun / force_rerun' if self.force_rerun else 'is_deterministic: false'})")
+                why = "--force-rerun / force_rerun" if self.force_rerun else "is_deterministic: false"
+                self.display.notice(f"{node.name}: runs again although nothing changed ({why})")
             return
         changed = []
         old = last.get("key_parts") or {}
@@ -794,5 +794,6 @@ def _diff(before: dict, now: dict, prefix: str = "") -> str:
             if inner:
                 changes.append(inner)
         elif old != new:
-            changes.append(f"{prefix}{key} {old if old is not None else '(none)'} -> {new if new is not None else '(none)'}")
+            shown = ["(none)" if v is None else v for v in (old, new)]
+            changes.append(f"{prefix}{key} {shown[0]} -> {shown[1]}")
     return ", ".join(changes)

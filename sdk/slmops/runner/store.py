@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 from slmops.pipeline.graph import Node
