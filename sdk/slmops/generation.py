@@ -252,20 +252,22 @@ def reference(row: dict, task: str, special_tokens: list[str]) -> str:
 
 
 def read_examples(test_data: str, max_samples: int, *, need_input_ids: bool = False) -> list[dict]:
-    """The held-out rows of prep's `validation.jsonl` in `test_data` (the first `max_samples`; 0 = all).
-
-    Raises UserError naming the file, line and field of every bad row (up to 10).
-    """
+    """The first `max_samples` (0 = all) rows of prep's `test.jsonl` in `test_data`: what evaluate, optimize (and
+    through them the register gate) score. Never validation.jsonl: finetune chose its checkpoint on it, so scores
+    there read high. Raises UserError when the file is missing or empty, and naming the file, line and field of
+    every bad row (up to 10)."""
     from pathlib import Path
 
     from slmops.data import read_prepared_rows
     from slmops.errors import UserError
 
-    path = Path(test_data) / "validation.jsonl"
+    path = Path(test_data) / "test.jsonl"
     if not path.is_file():
-        raise UserError(f"test_data {str(test_data)!r} has no validation.jsonl; pass prep's output_data folder")
+        raise UserError(f"no test.jsonl in {str(test_data)!r}: evaluate and optimize score prep's test split only "
+                        "(finetune chose its checkpoint on validation.jsonl, so scores there read high); re-run prep "
+                        "with this version of slmops, which writes train.jsonl, validation.jsonl and test.jsonl")
     required = ["prompt", "completion"] + (["input_ids", "prompt_length"] if need_input_ids else [])
     rows = read_prepared_rows(path, required, limit=max_samples)
     if not rows:
-        raise UserError(f"{path} has no rows; prep must hold out a validation split (validation_fraction > 0)")
+        raise UserError(f"{path} has no rows; re-run prep with a test split (--test_fraction > 0 or --test_data)")
     return rows

@@ -276,7 +276,7 @@ def test_generation_task_metrics_and_perplexity(tmp_path, prep_dir, tiny_model):
     assert math.isfinite(result["variants"]["base_k_shot"]["perplexity"])
 
     # perplexity = exp(mean completion-token loss), as transformers computes it with prompt labels masked
-    rows = evaluate.read_test_rows(str(prep_dir), 8, need_input_ids=True)
+    rows = generation.read_examples(str(prep_dir), 8, need_input_ids=True)
     model = models.load_causal_lm(tiny_model, dtype=torch.float32).eval()
     nll, count = 0.0, 0
     for r in rows:
@@ -293,7 +293,7 @@ def test_generation_task_metrics_and_perplexity(tmp_path, prep_dir, tiny_model):
 def test_batched_left_padded_generation_matches_one_at_a_time(prep_dir, tiny_model):
     import torch
 
-    prompts = [r["prompt"] for r in evaluate.read_test_rows(str(prep_dir), 6)]
+    prompts = [r["prompt"] for r in generation.read_examples(str(prep_dir), 6)]
     prompts[0] = prompts[0].replace("What is the tone of this phrase?", "Tone?")  # uneven lengths -> padding
     model = models.load_causal_lm(tiny_model, dtype=torch.float32).eval()
     tok = models.load_tokenizer(tiny_model)

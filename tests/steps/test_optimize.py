@@ -14,7 +14,7 @@ from slmops import generation, models
 from slmops.errors import UserError
 from slmops.steps import optimize
 
-REPORT_KEYS = {"precision", "execution_provider", "task", "accuracy_metric", "n", "onnx", "pytorch", "speedup",
+REPORT_KEYS = {"precision", "execution_provider", "task", "accuracy_metric", "split", "n", "onnx", "pytorch", "speedup",
                "accuracy_drop", "agreement", "speed", "tokenizer_files_copied"}
 
 
@@ -44,6 +44,7 @@ def test_writes_model_folder_and_report(run, request):
     on_disk = json.loads((tmp / "report" / "optimize_report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
     assert set(on_disk) == REPORT_KEYS
+    assert on_disk["split"] == "test" and on_disk["n"] == 20     # --max_samples 20 of the test rows, never validation
     assert set(on_disk["onnx"]) == {"accuracy", "tokens_per_s", "size_mb", "build_s"}
     assert set(on_disk["pytorch"]) == {"accuracy", "tokens_per_s"}
     assert (on_disk["precision"], on_disk["execution_provider"], on_disk["n"]) == (precision, "cpu", 20)
@@ -88,7 +89,7 @@ def _bad_cases(data, model, adapter, tmp):
     (tmp / "not_a_model").mkdir(exist_ok=True)
     (tmp / "not_a_model" / "weights.bin").write_bytes(b"\0")
     return [
-        (["--model", model, "--test_data", str(tmp / "empty")], ["no validation.jsonl"]),
+        (["--model", model, "--test_data", str(tmp / "empty")], ["no test.jsonl"]),
         (["--model", str(tmp / "not_a_model"), "--test_data", data], ["is not a model folder"]),
         (["--model", adapter, "--test_data", data], ["is an adapter; pass the merged model"]),
         (["--model", model, "--test_data", data, "--execution_provider", "cuda"],
@@ -97,7 +98,7 @@ def _bad_cases(data, model, adapter, tmp):
          ["no dml support", "pip install 'slmops[directml]'", "Windows only"]),
         (["--model", str(tmp / "not_a_model"), "--test_data", str(tmp / "empty"), "--speed_tokens", "0",
           "--execution_provider", "cuda"],
-         ["no validation.jsonl", "is not a model folder", "--speed_tokens: 0 is below", "slmops[cuda]"]),
+         ["no test.jsonl", "is not a model folder", "--speed_tokens: 0 is below", "slmops[cuda]"]),
     ]
 
 
@@ -124,5 +125,5 @@ def test_cli_exit_codes(tmp_path, tiny_model):
                                 str(tmp_path / "onnx"), "--report", str(tmp_path / "report")],
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 2, bad.stderr
-    assert "no validation.jsonl" in bad.stderr and "Traceback" not in bad.stderr
+    assert "no test.jsonl" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "onnx").exists() and not (tmp_path / "report").exists()

@@ -44,7 +44,9 @@ def write_inputs(root, *, tuned=0.9, base=0.2, prompt=0.6, drop=0.02, split="tes
     (model / "model").mkdir(parents=True)
     (model / "components" / "tokenizer").mkdir(parents=True)
     (model / "MLmodel").write_text("flavors:\n  transformers:\n    source_model_name: /models/tiny-llama\n")
-    (model / "model" / "model.safetensors").write_bytes(bytes(range(256)) * 8)
+    header = json.dumps({"w": {"dtype": "U8", "shape": [2048], "data_offsets": [0, 2048]}}).encode()
+    (model / "model" / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header
+                                                        + bytes(range(256)) * 8)
     (model / "components" / "tokenizer" / "tokenizer.json").write_text('{"vocab": {}}')
     onnx = root / "onnx_model"
     onnx.mkdir()

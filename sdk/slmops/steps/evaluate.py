@@ -111,20 +111,6 @@ class Inputs:
     optimize: dict | None = None
 
 
-def read_test_rows(test_data: str, max_samples: int, *, need_input_ids: bool = False) -> list[dict]:
-    """The first `max_samples` (0 = all) rows of prep's `test.jsonl`; a UserError when it is missing or empty."""
-    path = Path(test_data) / "test.jsonl"
-    if not path.is_file():
-        raise UserError(f"no test.jsonl in {str(test_data)!r}: evaluate scores prep's test split only (finetune "
-                        "chose its checkpoint on validation.jsonl, so scores there read high); re-run prep with this "
-                        "version of slmops, which writes train.jsonl, validation.jsonl and test.jsonl")
-    required = ["prompt", "completion"] + (["input_ids", "prompt_length"] if need_input_ids else [])
-    rows = read_prepared_rows(path, required, limit=max_samples)
-    if not rows:
-        raise UserError(f"{path} has no rows; re-run prep with a test split (--test_fraction > 0 or --test_data)")
-    return rows
-
-
 def _read_json(folder: str, name: str, flag: str, problems: list[str], *, required: bool = True):
     """The JSON in `<folder>/<name>`; None (with a problem when `required`) when it is missing or unreadable."""
     path = Path(folder) / name
@@ -154,7 +140,8 @@ def validate(args) -> Inputs:
             problems.append(f"{flag}: {exc}")
     inputs = Inputs(rows=[])
     try:
-        inputs.rows = read_test_rows(args.test_data, args.max_samples, need_input_ids=args.task == "generation")
+        inputs.rows = generation.read_examples(args.test_data, args.max_samples,
+                                               need_input_ids=args.task == "generation")
     except UserError as exc:
         problems.append(f"--test_data: {exc}")
     if args.k_shot > 0:

@@ -51,7 +51,7 @@ CONTRACT = Component(
     inputs=[
         Input("model", "mlflow_model", "The merged model (finetune's model output): MLflow model folder or Hugging "
               "Face folder."),
-        Input("test_data", "uri_folder", "prep's output_data (validation.jsonl is scored)."),
+        Input("test_data", "uri_folder", "prep's output_data (test.jsonl is scored, never validation.jsonl)."),
         Input("precision", "string", "ONNX weight precision.", default="int4", enum=PRECISIONS),
         Input("execution_provider", "string", "ONNX Runtime execution provider.", default="cpu", enum=PROVIDERS),
         Input("task", "string", "How accuracy is scored (generation: ROUGE-L).", default="classification",
@@ -216,6 +216,7 @@ def main(argv=None) -> dict:
                 "execution_provider": args.execution_provider,
                 "task": args.task,
                 "accuracy_metric": "accuracy" if args.task == "classification" else "rouge_l",
+                "split": "test",
                 "n": len(rows),
                 "onnx": {"accuracy": onnx_accuracy, "tokens_per_s": onnx_speed, "size_mb": folder_mb(onnx_out),
                          "build_s": build_s},

@@ -12,7 +12,7 @@ failed check with its numbers; nothing is registered.
 
 When it passes, both folders are logged unchanged as artifacts of the step's MLflow run and registered from
 there: the fine-tuned MLflow model as `<model_name>`, the ONNX Runtime GenAI folder as a plain artifact model
-`<model_name>-onnx`. Each version gets lineage tags, `gate=passed`, the gate checks (JSON) and `--alias`
+`<model_name>-onnx`. Each version gets lineage tags, `gate=passed` (`gate=none` without thresholds), the weight files' sha256, the gate checks (JSON) and `--alias`
 (default `candidate`). registration.json is written to --registration. The registry is MLFLOW_TRACKING_URI.
 
     MLFLOW_TRACKING_URI=sqlite:///mlflow.db python -m slmops.steps.register \\
@@ -34,7 +34,7 @@ import subprocess
 from pathlib import Path
 
 import slmops
-from slmops import contract, registry, tracking
+from slmops import contract, registry, tracking, weights
 from slmops.contract import Component, Input, Output
 from slmops.errors import GateFailed, UserError, run_main
 from slmops.io import atomic_dir, write_json
@@ -138,6 +138,14 @@ def validate(args: argparse.Namespace, tracking_uri: str | None) -> dict:
         problems.append(f"--alias {args.alias!r}: use letters, digits, '_' and '-' only; 'latest' and 'v<N>' "
                         f"are reserved by MLflow")
 
+    hashes = {}  # {flag: {weight file: sha256}}: the weights are read whole before anything is registered
+    for flag in ("model", "onnx_model"):
+        folder = getattr(args, flag)
+        if folder is not None and not any(p.startswith(f"--{flag} ") for p in problems):
+            try:
+                hashes[flag] = weights.verify_weights(folder)
+            except UserError as exc:
+                problems.append(f"--{flag}: {exc}")
     metrics = _read_json(args.eval_metrics, "metrics.json", "eval_metrics", problems)
     data_report = _read_json(args.train_data, "data_report.json", "train_data", problems)
     optimize = _read_json(args.optimize_report, "optimize_report.json", "optimize_report", problems)
@@ -176,7 +184,7 @@ def validate(args: argparse.Namespace, tracking_uri: str | None) -> dict:
     if problems:
         raise UserError(f"register: {len(problems)} problem(s) with the inputs; nothing was registered",
                         problems=problems)
-    return {"metrics": metrics, "data_report": data_report, "optimize": optimize}
+    return {"metrics": metrics, "data_report": data_report, "optimize": optimize, "weights": hashes}
 
 
 def _check(name: str, what: str, value: float, op: str, threshold: float, scope: str) -> dict:
@@ -275,6 +283,7 @@ def lineage(args: argparse.Namespace, reports: dict, commit: str | None) -> dict
         "pipeline_run_id": os.environ.get("AZUREML_ROOT_RUN_ID"),
         "eval": _scalars(reports["metrics"]),
         "optimize": _scalars(reports["optimize"]),
+        "weights_sha256": reports["weights"],
     }
 
 
@@ -284,7 +293,7 @@ def version_tags(lin: dict, checks: list[dict], step_run_id: str) -> dict[str, s
     tags["lineage.step_run_id"] = step_run_id
     tags.update({f"eval.{k}": str(v) for k, v in lin["eval"].items()})
     tags.update({f"optimize.{k}": str(v) for k, v in lin["optimize"].items()})
-    tags[registry.GATE_TAG] = "passed"
+    tags[registry.GATE_TAG] = registry.gate_verdict(checks)     # "passed", or "none" without thresholds
     tags[registry.GATE_CHECKS_TAG] = registry.tags_json(checks)
     return tags
 
@@ -323,12 +332,14 @@ def main(argv=None) -> dict:
         moved: list[tuple[str, str]] = []  # (name, version the alias pointed at before) for aliases moved
         with atomic_dir(args.registration) as out:
             try:
-                mv = register_folder(tracking_uri, run.info.run_id, args.model, "model", args.model_name, tags)
+                mv = register_folder(tracking_uri, run.info.run_id, args.model, "model", args.model_name,
+                                     {**tags, **registry.weights_tags(reports["weights"]["model"])})
                 created.append((args.model_name, str(mv.version)))
                 onnx = None
                 if args.onnx_model:
                     omv = register_folder(tracking_uri, run.info.run_id, args.onnx_model, "onnx_model", onnx_name,
-                                          {**tags, "finetuned_model": f"{args.model_name}/{mv.version}"})
+                                          {**tags, "finetuned_model": f"{args.model_name}/{mv.version}",
+                                           **registry.weights_tags(reports["weights"]["onnx_model"])})
                     created.append((onnx_name, str(omv.version)))
                     registry.client(tracking_uri).set_model_version_tag(
                         args.model_name, str(mv.version), "onnx_model", f"{onnx_name}/{omv.version}")
@@ -338,7 +349,7 @@ def main(argv=None) -> dict:
                     if previous is not None:
                         moved.append((name, previous))
                 result = {"name": args.model_name, "version": str(mv.version), "alias": args.alias, "onnx": onnx,
-                          "gate": {"passed": True, "checks": checks},
+                          "gate": {"passed": True, "checks": checks, "verdict": registry.gate_verdict(checks)},
                           "lineage": {**lin, "step_run_id": run.info.run_id}, "tracking_uri": tracking_uri}
                 write_json(out / "registration.json", result)
             except BaseException:
