@@ -71,7 +71,12 @@ def pypi_unreachable() -> str | None:
         return f"{index} is unreachable ({exc})"
 
 
-needs_pypi = pytest.mark.skipif("pypi_unreachable() is not None", reason="PyPI is unreachable from here")
+@pytest.fixture
+def pypi() -> None:
+    """Skip the test when PyPI cannot be reached (asked only when such a test runs)."""
+    reason = pypi_unreachable()
+    if reason is not None:
+        pytest.skip(reason)
 
 
 def env_project(tmp_path: Path, pip: list[str], commands: dict[str, str], python: str = "3.11") -> Path:
@@ -470,8 +475,7 @@ def test_env_docker_runs_a_step_in_its_image(runs, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ from PyPI
 
-@needs_pypi
-def test_pyjokes_from_a_conda_files_pip_section_as_in_5c_env_conda_file(tmp_path, runs):
+def test_pyjokes_from_a_conda_files_pip_section_as_in_5c_env_conda_file(tmp_path, runs, pypi):
     assert runner_version("pyjokes") is None, "pyjokes must not be installed in the runner's Python for this test"
     pipeline = env_project(tmp_path, ["pyjokes"], {
         "joke": "python -c 'import pyjokes; print(pyjokes.get_joke())' && python probe.py --out ${{outputs.out}} "
@@ -482,8 +486,7 @@ def test_pyjokes_from_a_conda_files_pip_section_as_in_5c_env_conda_file(tmp_path
     assert runner_version("pyjokes") is None
 
 
-@needs_pypi
-def test_a_steps_pip_install_of_a_conflicting_version_from_pypi_leaves_the_runner_unchanged(runs, tmp_path):
+def test_a_steps_pip_install_of_a_conflicting_version_from_pypi_leaves_the_runner_unchanged(runs, tmp_path, pypi):
     before = runner_version("six")
     pipeline = tmp_path / "pip.yaml"
     shutil.copytree(FIDELITY / "src", tmp_path / "src")

@@ -613,6 +613,9 @@ class Executor:
                                                               "finished": time.time()}, node.outputs)
         self.hashes[name] = self.store.finished(active.key)["output_hashes"]
         self.tracker.end_run(active.run_id, "FINISHED")
+        for out_name, path in self.outputs[name].items():
+            if node.outputs[out_name].get("type") == "uri_file" and not path.exists():
+                self.display.notice(f"{name}: its uri_file output '{out_name}' was not written ({path})")
         self._publish(node)
         self._record(node, active.key, active.run_id, "done", None)
         self._set(name, "done")
