@@ -37,8 +37,9 @@ from pathlib import Path
 
 from slmops.errors import UserError
 from slmops.io import write_json
-from slmops.pipeline.checks import INPUT_REF, OPTIONAL, OUTPUT_REF
+from slmops.pipeline.checks import INPUT_REF, OPTIONAL
 from slmops.pipeline.graph import Graph, Node, toposort
+from slmops.runner import shell
 from slmops.runner.assets import StandIns
 from slmops.runner.display import Display
 from slmops.runner.envs import BuildError, Environments, Plan, docker_argv
@@ -58,26 +59,24 @@ def format_value(value) -> str:
 
 
 def render_command(template: str, values: dict, outputs: dict, where: str = "command") -> str:
-    """Fill `${{inputs.x}}`/`${{outputs.y}}`; drop each `$[[ ... ]]` whose inputs are not given."""
+    """Fill `${{inputs.x}}`/`${{outputs.y}}`; drop each `$[[ ... ]]` whose inputs are not given. Every value is
+    escaped for the shell where it stands (`slmops.runner.shell`): it reaches the step byte for byte."""
     def optional(match):
         inner = match.group(1)
         return "" if any(values.get(name) is None for name in INPUT_REF.findall(inner)) else inner
 
-    def input_value(match):
-        name = match.group(1)
+    def value_of(kind: str, name: str) -> str:
+        if kind == "outputs":
+            if name not in outputs:
+                raise UserError(f"{where}: the command names an unknown output '{name}'. "
+                                "Fix: declare it under the component's outputs.")
+            return str(outputs[name])
         if values.get(name) is None:
             raise UserError(f"{where}: input '{name}' has no value but the command uses it outside $[[ ]]. "
                             "Fix: give the input a value, or wrap its part of the command in $[[ ... ]].")
         return format_value(values[name])
 
-    def output_path(match):
-        if match.group(1) not in outputs:
-            raise UserError(f"{where}: the command names an unknown output '{match.group(1)}'. "
-                            "Fix: declare it under the component's outputs.")
-        return str(outputs[match.group(1)])
-
-    text = OPTIONAL.sub(optional, template)
-    return OUTPUT_REF.sub(output_path, INPUT_REF.sub(input_value, text))
+    return shell.fill(OPTIONAL.sub(optional, template), value_of)
 
 
 def _free_port() -> int:
