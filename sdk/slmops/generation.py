@@ -13,7 +13,8 @@ The steps, the same for both backends and for one prompt or many:
 4. **stop**: at the first end-of-sequence id - the model's generation config plus the tokenizer's eos for
    PyTorch, the tokenizer's `eos_token_ids` (genai_config) for ORT GenAI. The end token is not part of the
    completion. `finish_reason` is "stop" when the completion is shorter than its `max_new_tokens` (an end token
-   came), "length" otherwise.
+   came), "length" otherwise. In a batch that mixes limits each row stops at its own, and the call ends once
+   every row has its limit or an end token (batched serving; the ids are those of one prompt at a time).
 5. **text**: the new ids decoded with special tokens skipped, whitespace stripped - the prediction the metrics
    compare with the reference, and the `text` the serving script returns.
 
@@ -98,6 +99,22 @@ def torch_eos_ids(model, tokenizer) -> set[int]:
     return ids
 
 
+def _torch_row_limits(limits: list[int], width: int):
+    """A `generate` stopping criterion that marks row i finished once it has `limits[i]` new tokens (transformers
+    then pads that row and ends the call when every row is finished, by its limit or its end token)."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class RowLimits(StoppingCriteria):
+        def __init__(self):
+            self.limits = torch.tensor(limits)
+
+        def __call__(self, input_ids, scores, **kwargs):
+            return (input_ids.shape[1] - width) >= self.limits.to(input_ids.device)
+
+    return StoppingCriteriaList([RowLimits()])
+
+
 def _torch_run(model, tokenizer, prompts: list[str], *, max_new_tokens: int | list[int], batch_size: int,
                min_new_tokens: int = 0, temperature: float = 0.0) -> list[tuple[int, list[int]]]:
     """(prompt token count, new ids cut at eos) of each prompt: `model.generate` over left-padded batches."""
@@ -122,10 +139,13 @@ def _torch_run(model, tokenizer, prompts: list[str], *, max_new_tokens: int | li
             if ids:
                 input_ids[i, width - len(ids):] = torch.tensor(ids)
                 attention_mask[i, width - len(ids):] = 1
+        # A batch that mixes limits (batched serving) stops each row at its own limit, so the call ends once every
+        # row is done, not once the short rows too reach the largest limit or an end token; the ids are the same
+        stop = {} if len(set(batch_limits)) == 1 else {"stopping_criteria": _torch_row_limits(batch_limits, width)}
         with torch.inference_mode():
             out = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
                                  max_new_tokens=max(batch_limits), min_new_tokens=min_new_tokens,
-                                 pad_token_id=pad_id, eos_token_id=sorted(eos_ids), **search)
+                                 pad_token_id=pad_id, eos_token_id=sorted(eos_ids), **search, **stop)
         new = out[:, width:]
         results.extend((len(ids), _cut_at_eos(row[:limit].tolist(), eos_ids))
                        for ids, row, limit in zip(encoded, new, batch_limits))
@@ -210,8 +230,18 @@ def _ort_run(model, tokenizer, prompts: list[str], *, max_new_tokens: int | list
         params.set_search_options(**search)
         generator = og.Generator(model, params)
         generator.append_tokens(input_ids)
+        # ORT GenAI has one max_length per batch: when limits differ (batched serving), stop once every row has its
+        # limit or an end token, not once the short rows too reach the largest limit; the ids are the same
+        open_rows = None if len(set(batch_limits)) == 1 else np.array(batch_limits)
+        steps = 0
         while not generator.is_done():
             generator.generate_next_token()
+            if open_rows is not None:
+                steps += 1
+                ended = np.isin(generator.get_next_tokens(), list(eos_ids)) & (steps > min_new_tokens)
+                open_rows = np.where(ended | (steps >= open_rows), 0, open_rows)
+                if not open_rows.any():
+                    break
         results.extend((len(ids), _cut_at_eos(generator.get_sequence(i)[width:width + limit], eos_ids))
                        for i, (ids, limit) in enumerate(zip(encoded, batch_limits)))
         del generator

@@ -12,6 +12,8 @@ the model's chat template), plus optional `max_new_tokens` (1..SLMOPS_MAX_NEW_TO
 
 Generation is `slmops.generation`'s, the code evaluate (PyTorch) and optimize (ORT GenAI) measure with: the same
 chat rendering, BOS rule, end-of-sequence ids, cut and decoding, so a greedy answer here is the evaluated one.
+Requests that arrive together are generated together (`slmops.serving.batcher`): up to SLMOPS_MAX_BATCH (8) per
+call, gathered for up to SLMOPS_BATCH_WAIT_MS (5) ms; SLMOPS_MAX_BATCH=1 generates one request at a time.
 The schema is published by the server at GET /swagger.json (from the inference-schema decorators below).
 """
 
@@ -20,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 from pathlib import Path
 
 from azureml_inference_server_http.api.aml_response import AMLResponse
@@ -28,6 +29,7 @@ from inference_schema.parameter_types.standard_py_parameter_type import Standard
 from inference_schema.schema_decorators import input_schema, output_schema
 
 from slmops import generation
+from slmops.serving import batcher
 
 logger = logging.getLogger("azmlinfsrv.slmops")
 
@@ -37,11 +39,11 @@ MAX_MESSAGES = 64
 ROLES = ("system", "user", "assistant")
 DEFAULT_MAX_NEW_TOKENS = 64
 
-# Set once by init(); run() only reads them. One request at a time per worker: a small model saturates the
-# cores on its own, and the lock keeps torch / ORT GenAI state (tokenizer options included) out of concurrent use
-# from the server's threads.
+# Set once by init(); run() only reads them. The server's request threads hand their requests to BATCHER, whose one
+# thread renders, encodes and generates: torch / ORT GenAI state (tokenizer options included) is never used from
+# two threads at once.
 MODEL = None
-_LOCK = threading.Lock()
+BATCHER: batcher.Batcher | None = None
 
 SAMPLE_MESSAGES = [{"role": "user", "content": "What is the tone of this phrase? I felt furious about the call."}]
 SAMPLE_OUTPUT = {"text": "angry", "prompt_tokens": 21, "completion_tokens": 2, "finish_reason": "stop",
@@ -120,18 +122,45 @@ def load_model(folder: Path):
     return TorchModel(folder)
 
 
+def batch_settings(env) -> tuple[int, float]:
+    """(max batch, wait in seconds) from SLMOPS_MAX_BATCH and SLMOPS_BATCH_WAIT_MS; RuntimeError naming a bad value."""
+    problems, max_batch, wait_ms = [], batcher.DEFAULT_MAX_BATCH, batcher.DEFAULT_WAIT_MS
+    raw = env.get("SLMOPS_MAX_BATCH", "").strip()
+    if raw:
+        if raw.isdigit() and 1 <= int(raw) <= 256:
+            max_batch = int(raw)
+        else:
+            problems.append(f"SLMOPS_MAX_BATCH={raw!r} must be an integer in 1..256 (1 = no batching)")
+    raw = env.get("SLMOPS_BATCH_WAIT_MS", "").strip()
+    if raw:
+        try:
+            wait_ms = float(raw)
+        except ValueError:
+            wait_ms = -1.0
+        if not 0 <= wait_ms <= 1000:
+            problems.append(f"SLMOPS_BATCH_WAIT_MS={raw!r} must be a number of milliseconds in 0..1000")
+    if problems:
+        raise RuntimeError("; ".join(problems))
+    return max_batch, wait_ms / 1000
+
+
 def init():
     """Called once per worker by the inference server: load the model found under AZUREML_MODEL_DIR."""
-    global MODEL
+    global MODEL, BATCHER
     root = Path(os.environ.get("AZUREML_MODEL_DIR", "")).expanduser()
     if not str(root) or not root.is_dir():
         raise RuntimeError(f"AZUREML_MODEL_DIR={str(root)!r} is not a folder; start the server with --model_dir")
+    max_batch, wait_s = batch_settings(os.environ)
     folder = find_model_dir(root)
     MODEL = load_model(folder)
     # Azure ML mounts a registered model at .../<name>/<version>, and `slmops serve` caches registry models the
     # same way: report "name:version" then, the folder name otherwise.
     MODEL.name = f"{root.parent.name}:{root.name}" if root.name.isdigit() else folder.name
-    logger.info("slmops: serving %s model from %s (context %d)", MODEL.kind, folder, MODEL.context_length)
+    if BATCHER is not None:
+        BATCHER.close()
+    BATCHER = batcher.Batcher(MODEL, max_batch=max_batch, wait_s=wait_s)
+    logger.info("slmops: serving %s model from %s (context %d), batches of up to %d gathered for %.1f ms",
+                MODEL.kind, folder, MODEL.context_length, max_batch, wait_s * 1000)
 
 
 def request_problems(messages, prompt, max_new_tokens, temperature) -> list[str]:
@@ -181,20 +210,14 @@ def bad_request(problems: list[str]) -> AMLResponse:
 @input_schema("temperature", StandardPythonParameterType(0.0), convert_to_provided_type=False, optional=True)
 @output_schema(StandardPythonParameterType(SAMPLE_OUTPUT))
 def run(prompt=None, messages=None, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, temperature=0.0):
-    """Generate a completion for one request (the inference server passes the JSON body's keys as arguments)."""
+    """Generate a completion for one request (the inference server passes the JSON body's keys as arguments); the
+    batcher generates it together with the requests other threads submit at the same time."""
     problems = request_problems(messages, prompt, max_new_tokens, temperature)
     if problems:
         return bad_request(problems)
-    # Rendering and encoding too are inside the lock: ORT GenAI's tokenizer options are set on each encode.
-    with _LOCK:
-        text = MODEL.render_chat(messages) if messages is not None else prompt
-        n_prompt = len(MODEL.encode(text))
-        if not n_prompt:
-            return bad_request(["the prompt encodes to zero tokens"])
-        if n_prompt + max_new_tokens > MODEL.context_length:
-            return bad_request([f"prompt ({n_prompt} tokens) + max_new_tokens ({max_new_tokens}) exceed the "
-                                f"model's context of {MODEL.context_length} tokens; shorten the prompt or lower "
-                                "max_new_tokens"])
-        [done] = MODEL.complete([text], [max_new_tokens], float(temperature))
+    try:
+        done = BATCHER.submit(prompt, messages, max_new_tokens, float(temperature))
+    except batcher.Rejected as exc:  # e.g. longer than the context: a 400 for this request alone
+        return bad_request(exc.problems)
     return {"text": done.text, "prompt_tokens": done.prompt_tokens, "completion_tokens": len(done.ids),
             "finish_reason": done.finish_reason, "model": MODEL.name}
