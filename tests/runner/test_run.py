@@ -118,7 +118,8 @@ def test_sigkilled_step_leaves_nothing_reusable_and_the_next_run_resumes_there(r
 
 
 def test_a_step_orphaned_by_a_killed_runner_keeps_its_key_locked(runs):
-    """SIGKILL the runner itself: its running step lives on; a new run must not write into the same folders."""
+    """SIGKILL the runner and its watchdog (which otherwise stops the steps: tests/reliability/test_lifecycle.py):
+    the running step lives on; a new run must not write into the same folders."""
     import fcntl
     import os
     import signal
@@ -135,6 +136,13 @@ def test_a_step_orphaned_by_a_killed_runner_keeps_its_key_locked(runs):
     while not (log.exists() and "step 0" in log.read_text()):
         assert time.monotonic() < deadline and runner.poll() is None
         time.sleep(0.1)
+    for entry in Path("/proc").iterdir():          # the watchdog of this runner: `... watchdog <run dir> <uri>`
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"slmops.runner.watchdog" in cmdline and str(runs / "r1").encode() in cmdline:
+            os.kill(int(entry.name), signal.SIGKILL)
     runner.send_signal(signal.SIGKILL)
     runner.wait()
 

@@ -48,3 +48,19 @@ def test_deployment_code_folder_holds_the_scoring_script():
     code = (SPECS / spec["code_configuration"]["code"]).resolve()
     assert (code / spec["code_configuration"]["scoring_script"]).is_file()
     assert (code / "slmops" / "__init__.py").is_file() and code == Path(__file__).resolve().parents[2] / "sdk"
+
+
+def test_the_deployment_uploads_the_whole_package_although_the_steps_snapshot_leaves_serving_out():
+    """sdk/.amlignore keeps serving/ out of the components' snapshot; Azure ML applies it to any upload of sdk/, so
+    the deployment uploads a copy of the package with score.py in it instead."""
+    from slmops.runner.store import code_files
+    from slmops.serving.backends import AzureEndpoint
+
+    sdk = Path(__file__).resolve().parents[2] / "sdk"
+    assert "slmops/serving/score.py" not in {str(f) for f in code_files(sdk)}
+    deployment = AzureEndpoint(None, "tone")._deployment("blue", "azureml:slmops-tone:3")
+    code = Path(deployment.code_configuration.code)
+    assert code != sdk and not (code / ".amlignore").exists()
+    uploaded = {str(f) for f in code_files(code)}
+    assert {"slmops/serving/score.py", "slmops/generation.py", "slmops/serving/batcher.py"} <= uploaded
+    assert deployment.code_configuration.scoring_script == "slmops/serving/score.py"

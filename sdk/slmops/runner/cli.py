@@ -13,6 +13,7 @@ unchanged pipeline reads its resolved graph from the cache and never imports azu
 from __future__ import annotations
 
 import os
+import signal
 import shutil
 import sys
 import time
@@ -27,6 +28,42 @@ ENV_HELP = ("How steps' environments are materialised. auto: pip requirements ar
             "(conda packages, registered environments, images) is noted once and the step runs on this Python. "
             "strict: that is an error. docker: steps whose environment has an image run in it (needs Docker).")
 STORE_HELP = "The runner's store: the .slmops/ folder beside the run folders."
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM/SIGHUP, raised like Ctrl-C's KeyboardInterrupt so the executor stops its steps and records it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum, frame):
+    raise Stopped(signum)
+
+
+_RUN_DIR_LOCK: list[int] = []      # held open for the life of the process
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Take `<run_dir>/.runner.lock` (an flock recording our pid), or fail naming the runner that holds it. A lock
+    whose holder died is free again: the kernel releases an flock with its process."""
+    import fcntl
+
+    from slmops.errors import UserError
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / ".runner.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise UserError(f"another `slmops run` (pid {holder}) is using the run folder {run_dir}. Fix: wait for it to "
+                        "end, or pass another --run-dir (runs in other folders share the step cache safely).") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _RUN_DIR_LOCK.append(fd)
 
 
 def _pairs(values: tuple[str, ...], option: str) -> dict[str, Path]:
@@ -71,6 +108,7 @@ def run(pipeline: Path, set_: tuple[str, ...], strict: bool, run_dir: Path | Non
     from slmops.runner.assets import StandIns, apply_pipeline_outputs
     from slmops.runner.display import Display
     from slmops.runner.envs import Environments, RunnerPython, docker_available
+    from slmops.runner import watchdog
     from slmops.runner.executor import Executor
     from slmops.runner.store import Store
     from slmops.runner.tracking import default_uri, open_tracker
@@ -98,20 +136,28 @@ def run(pipeline: Path, set_: tuple[str, ...], strict: bool, run_dir: Path | Non
     problems += envs.problems({f"jobs.{n}.environment": p for n, p in plans.items()})
     if problems:
         raise UserError(f"{pipeline} cannot run locally; {len(problems)} problem(s):", problems=problems)
+    lock_run_dir(run_dir)           # one runner per run folder, before anything in it is touched
     store = Store(store_root)
     uri = os.environ.get("MLFLOW_TRACKING_URI") or default_uri(store.root)
-    tracker = open_tracker(uri, graph.experiment_name, store.root)
+    watch = watchdog.Client(run_dir, uri)     # stops the steps even if this process is SIGKILLed
+    tracker = watchdog.Watched(open_tracker(uri, graph.experiment_name, store.root), watch)
     display = Display(list(graph.nodes))
     executor = Executor(graph, run_dir, store, tracker, display, max_parallel, force_rerun, str(pipeline.resolve()),
-                        envs=envs, plans=plans, stand_ins=stand_ins)
+                        envs=envs, plans=plans, stand_ins=stand_ins, watch=watch)
+    for signum in (signal.SIGTERM, signal.SIGHUP):   # `timeout`, CI cancels, a closed terminal: stop cleanly
+        signal.signal(signum, _stop)
     try:
         code = executor.execute()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         display.close()
-        click.echo(f"interrupted: running steps killed; run folder: {run_dir}", err=True)
-        sys.exit(130)
+        signum = getattr(exc, "signum", signal.SIGINT)
+        click.echo(f"stopped by {signal.Signals(signum).name}: running steps stopped (SIGTERM, then SIGKILL), "
+                   f"their records say killed; run folder: {run_dir}", err=True)
+        watch.done()
+        sys.exit(128 + signum)
     finally:
         display.close()
+    watch.done()
     states = executor.state
     summary = ", ".join(f"{n} {sum(1 for s in states.values() if s == n)}" for n in ("done", "reused", "failed")
                         if any(s == n for s in states.values()))

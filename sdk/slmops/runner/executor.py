@@ -48,6 +48,7 @@ from slmops.runner.trial import Trial
 from slmops.runner.workspace import Workspace
 
 TAIL_LINES = 25
+KILL_GRACE_SECONDS = 5.0
 POLL_SECONDS = 0.05
 
 
@@ -117,7 +118,7 @@ class StepProcess:
 
     def __init__(self, prefix: str, command: str, cwd: Path, env: dict, log_path: Path, display: Display,
                  processes: int = 1, distributed: bool = False, lock_fds: tuple[int, ...] = (),
-                 python: str = sys.executable, wrap=None):
+                 python: str = sys.executable, wrap=None, watch=None):
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log = open(log_path, "ab")
         self.log_lock = threading.Lock()
@@ -125,6 +126,7 @@ class StepProcess:
         self.procs: list[subprocess.Popen] = []
         self.threads: list[threading.Thread] = []
         self.code: int | None = None
+        self.watch = watch
         port = _free_port() if distributed else None
         argv = torchrun_argv(command, processes, port, python) if distributed and wrap is None else None
         for rank in range(1 if argv else processes):
@@ -139,6 +141,8 @@ class StepProcess:
             proc = subprocess.Popen(launch, cwd=cwd, env=proc_env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                     pass_fds=tuple(fd for fd in lock_fds if fd is not None))
+            if watch is not None:
+                watch.group(proc.pid)           # its own session: the process group id is its pid
             name = f"{prefix}[{rank}]" if processes > 1 and not argv else prefix
             thread = threading.Thread(target=self._pump, args=(proc, name), daemon=True)
             thread.start()
@@ -169,15 +173,27 @@ class StepProcess:
         for thread in self.threads:
             thread.join(timeout=5)
         self.log.close()
+        if self.watch is not None:
+            for proc in self.procs:
+                self.watch.ended(proc.pid)
         return self.code
 
-    def kill(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+    def kill(self, grace: float = KILL_GRACE_SECONDS) -> None:
+        """SIGTERM each process group of the step (it may save what it can), SIGKILL what is left after `grace`."""
+        live = [proc for proc in self.procs if proc.poll() is None]
+        for proc in live:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while any(proc.poll() is None for proc in live) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for proc in live:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)      # the group: children the step left behind too
+            except ProcessLookupError:
+                pass
         for proc in self.procs:
             proc.wait()
 
@@ -224,8 +240,9 @@ class EnvBuild:
 class Executor:
     def __init__(self, graph: Graph, run_dir: Path, store: Store, tracker, display: Display, max_parallel: int,
                  force_rerun: bool, pipeline_file: str = "", envs: Environments | None = None,
-                 plans: dict[str, Plan] | None = None, stand_ins: StandIns | None = None):
+                 plans: dict[str, Plan] | None = None, stand_ins: StandIns | None = None, watch=None):
         self.graph = graph
+        self.watch = watch          # slmops.runner.watchdog.Client: stops the steps if this process is SIGKILLed
         self.run_dir = Path(run_dir).resolve()
         self.store = store
         self.tracker = tracker
@@ -317,6 +334,7 @@ class Executor:
                 active.handle.kill()
                 self._release(active)
                 self.tracker.end_run(active.run_id, "KILLED")
+                self._record(active.node, active.key, active.run_id, "killed", None, "the runner was stopped")
                 self._set(name, "killed")
             raise
         finally:
@@ -474,7 +492,8 @@ class Executor:
             processes = int(dist.get("process_count_per_instance") or 1) if dist.get("type") == "pytorch" else 1
             handle = StepProcess(node.name, command, work.cwd, env, log_path, self.display, processes,
                                  distributed=dist.get("type") == "pytorch", lock_fds=(lock_fd, env_fd),
-                                 python=str(work.layer / "bin" / "python"), wrap=self._docker(plan, work, values, node))
+                                 python=str(work.layer / "bin" / "python"), wrap=self._docker(plan, work, values, node),
+                                 watch=self.watch)
         self.running[node.name] = Active(node, key, run_id, handle, outputs, lock_fd, env_fd, work)
         self._record(node, key, run_id, "running", values, parts=parts, env_identity=env_identity, plan=plan)
         self._remember(node, key, parts, env_identity)
@@ -724,7 +743,7 @@ class SweepHandle:
         proc = StepProcess(f"{self.node.name}[{index}]", command, work.cwd,
                            self.ex._env(run_id, self.node.environment_variables, self.plan, work), log_path,
                            self.ex.display, lock_fds=self.lock_fds, python=str(work.layer / "bin" / "python"),
-                           wrap=self.ex._docker(self.plan, work, values, self.node))
+                           wrap=self.ex._docker(self.plan, work, values, self.node), watch=self.ex.watch)
         ended = []
 
         def end(code: int, status: str) -> None:

@@ -61,8 +61,13 @@ class AzureEndpoint:
     def _deployment(self, slot: str, model: str):
         from azure.ai.ml import load_online_deployment
 
-        return load_online_deployment(self.deployment_spec, params_override=[
+        deployment = load_online_deployment(self.deployment_spec, params_override=[
             {"name": slot}, {"endpoint_name": self.name}, {"model": model}])
+        code = deployment.code_configuration.code
+        folder = (Path(deployment.base_path) / code).resolve() if isinstance(code, str) else None
+        if folder is not None and folder.is_dir() and (folder / ".amlignore").is_file():
+            deployment.code_configuration.code = str(scoring_code(folder))
+        return deployment
 
     def describe_deploy(self, slot: str, model: str) -> dict:
         return self._deployment(slot, model)._to_dict()
@@ -237,6 +242,25 @@ def _stop_group(pid: int, timeout_s: float = 15) -> None:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def scoring_code(sdk: Path) -> Path:
+    """The code folder a deployment uploads: a copy of the `slmops` package under `sdk`, whole. The sdk folder's
+    .amlignore leaves serving/ out of the steps' snapshot (so a serving edit re-runs no training), and Azure ML
+    applies it to every upload of that folder - a deployment of it would lack score.py. The copy is made once per
+    process, in a temp folder, with no .amlignore."""
+    import shutil
+    import tempfile
+
+    key = str(sdk.resolve())
+    if key not in _SCORING_CODE:
+        folder = Path(tempfile.mkdtemp(prefix="slmops-scoring-code-"))
+        shutil.copytree(sdk / "slmops", folder / "slmops", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        _SCORING_CODE[key] = folder
+    return _SCORING_CODE[key]
+
+
+_SCORING_CODE: dict[str, Path] = {}
 
 
 def local_root() -> Path:
