@@ -61,6 +61,20 @@ def resolve(path_or_id: str | os.PathLike) -> ModelSource:
     return ModelSource(ref, ref, False)
 
 
+def check_weights(path_or_id: str | os.PathLike) -> ModelSource:
+    """`resolve()`, then, for a local model, every weight and config file read whole (`slmops.weights.check_files`:
+    safetensors headers and sizes, configs, shard indexes): a truncated or corrupt model is a UserError naming the
+    file before any work starts, not a traceback minutes later."""
+    from slmops import weights
+
+    source = resolve(path_or_id)
+    if source.is_local:
+        weights.check_files(source.weights)
+        if source.adapter:
+            weights.check_files(source.adapter)
+    return source
+
+
 def _from_pretrained(cls, ref: str, *, local: bool, what: str, **kwargs):
     """`cls.from_pretrained(ref)`. For a hub id, the OSError transformers raises when the id is neither in the
     local HF cache nor reachable on the hub becomes a UserError (exit 2) that says how to fix it."""

@@ -198,7 +198,8 @@ def _check(loaded: Loaded, job, target: str) -> None:
             scope_inputs[name] = None        # azure-ai-ml leaves an empty literal out of the REST body: not given
         elif raw is not None:
             scope_inputs[name] = {"value": raw}
-    _leave_out_unset(job, {name for name, value in scope_inputs.items() if value is None})
+    for name in _leave_out_unset(job, {name for name, value in scope_inputs.items() if value is None}):
+        builder.used_inputs.add(("", name))      # bound, though not given: not an unused input
     pipeline_outputs: dict[str, dict] = {}
     builder.scope(job.jobs, scope_inputs, "", base, None, pipeline_outputs)
     builder.unused_inputs("", scope_inputs, "")
@@ -218,10 +219,11 @@ def _check(loaded: Loaded, job, target: str) -> None:
     )
 
 
-def _leave_out_unset(job, unset: set[str]) -> None:
+def _leave_out_unset(job, unset: set[str]) -> set[str]:
     """Pipeline inputs declared without a value (`{type: custom_model}`, `""`) and the job inputs bound to them are
     left out of the job, as azure-ai-ml already does for an empty literal: the component input is then not given
     (its `$[[ ]]` part of the command is dropped), the same locally and on Azure ML."""
+    bound: set[str] = set()
     for name in unset:
         if name in job.inputs:
             job.inputs[name]._data = None
@@ -230,6 +232,8 @@ def _leave_out_unset(job, unset: set[str]) -> None:
             data = getattr(node_input, "_data", None)
             if isinstance(data, str) and (m := BINDING.match(data.strip())) and m["input"] in unset:
                 node_input._data = None
+                bound.add(m["input"])
+    return bound
 
 
 # ------------------------------------------------------------------------------------------------ azure-ai-ml

@@ -30,6 +30,9 @@ def default_uri(store: Path) -> str:
 def open_tracker(uri: str, experiment: str, store: Path):
     """A recorder for `experiment` (created if missing) at `uri`."""
     if uri.startswith("sqlite:///"):
+        from slmops.tracking import ensure_store
+
+        ensure_store(uri)       # created under a lock, atomically; a damaged store is a UserError naming the file
         db = Path(uri[len("sqlite:///"):])
         if db.exists():
             found = _sqlite_experiment(db, experiment)

@@ -135,7 +135,7 @@ def validate(args) -> Inputs:
     for flag, ref in [("--model", args.model), ("--base_model", args.base_model or args.base_model_id)]:
         try:
             if ref:
-                models.resolve(ref)
+                models.check_weights(ref)     # the fine-tuned model first: nothing is scored if it is damaged
         except UserError as exc:
             problems.append(f"{flag}: {exc}")
     inputs = Inputs(rows=[])

@@ -33,7 +33,7 @@ from slmops import contract, tracking
 from slmops.contract import Component, Input, Output
 from slmops.errors import UserError, run_main
 from slmops.io import atomic_dir, write_json
-from slmops.models import TINY_MARKER, load_causal_lm, load_tokenizer, resolve
+from slmops.models import TINY_MARKER, check_weights, load_causal_lm, load_tokenizer, resolve
 from slmops.training import (DEEPSPEED_CONFIGS, choose_precision, hardware, latest_checkpoint, metrics_callback,
                              read_prepared, save_mlflow_transformers, to_dataset)
 
@@ -122,7 +122,7 @@ def validate(args) -> None:
                         "pass exactly one (prep and evaluate take the same)")
     if args.base_model:
         try:
-            resolve(args.base_model)
+            check_weights(args.base_model)
         except UserError as exc:
             problems.append(f"--base_model: {exc}")
     if args.max_steps <= 0 and args.num_epochs <= 0:

@@ -84,7 +84,7 @@ def validate(args) -> tuple[models.ModelSource, list[dict]]:
                             f"{args.execution_provider} support; {install}, or use --execution_provider cpu")
     source = None
     try:
-        source = models.resolve(args.model)
+        source = models.check_weights(args.model)
         if not source.is_local:
             problems.append(f"--model {args.model!r}: the model builder needs a local folder; pass finetune's "
                             "model output (or download the hub model first)")
