@@ -1,11 +1,15 @@
 """Fine-tune throughput: real (non-pad) tokens/s of `slmops.steps.finetune` vs a plain transformers Trainer +
-PEFT baseline that pads every example to a fixed max length (what Azure ML's fine-tuning components do).
+PEFT baseline that pads every example to a fixed max length (what Azure ML's fine-tuning components do), and vs
+TRL's SFTTrainer with its defaults (`--trl`).
 
     OMP_NUM_THREADS=1 python bench/finetune_throughput.py --rows 2000 --steps 40 --repeats 3
+    python bench/finetune_throughput.py --model smollm2-135m-instruct --rows 600 --steps 12 --trl --max_length 128
 
-Both sides run in this one process on the same tiny model (random-init Llama from slmops.tiny), the same prep
-output, the same LoRA settings (all-linear, r 16), batch size, learning rate, seed, fp32, and number of steps;
-evaluation and checkpoints are off on both. Time is the trainer's train() wall time measured by the same
+All sides run in this one process on the same model (default: the tiny random-init Llama from slmops.tiny; or a
+packaged real model, `slmops models pull`), the same prep output, the same LoRA settings (all-linear, r 16), batch
+size, learning rate, seed, fp32, and number of steps; evaluation and checkpoints are off on all. The TRL baseline
+keeps SFTConfig's defaults (padding to the longest in the batch, activation checkpointing on) except precision,
+which is fp32 on every side (SFTConfig's default bf16 is ~13x slower on CPUs without bf16 hardware). Time is the trainer's train() wall time measured by the same
 callback (slmops.training.metrics_callback); real tokens are the non-pad input tokens the trainer consumed.
 Runs alternate (baseline, ours, baseline, ours, ...) and the median of each side is compared.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -53,6 +58,33 @@ def baseline(prepared: Path, model_dir: Path, out: Path, *, steps: int, batch_si
             "padded_tokens": steps * batch_size * max_length}
 
 
+def trl_defaults(prepared: Path, model_dir: Path, out: Path, *, steps: int, batch_size: int, lr: float,
+                 seed: int) -> dict:
+    """TRL SFTTrainer on prompt/completion text with SFTConfig's defaults (same LoRA, steps, batch, lr; fp32)."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from slmops.models import load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(model_dir)
+    rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in read_prepared(prepared / "train.jsonl")]
+    torch.manual_seed(seed)
+    config = SFTConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch_size,
+                       learning_rate=lr, lr_scheduler_type="constant", seed=seed, report_to="none",
+                       save_strategy="no", eval_strategy="no", logging_steps=steps, disable_tqdm=True,
+                       bf16=False, fp16=False, use_cpu=not torch.cuda.is_available(), dataloader_pin_memory=False,
+                       include_num_input_tokens_seen="non_padding")
+    callback = metrics_callback()
+    trainer = SFTTrainer(model=load_causal_lm(model_dir), args=config, train_dataset=Dataset.from_list(rows),
+                         processing_class=tok, callbacks=[callback],
+                         peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
+                                                task_type="CAUSAL_LM"))
+    trainer.train()
+    return {"tokens": callback.tokens_this_attempt, "seconds": callback.train_seconds}
+
+
 def ours(prepared: Path, model_dir: Path, out: Path, *, steps: int, batch_size: int, lr: float, seed: int) -> dict:
     """`python -m slmops.steps.finetune` (padding-free, completion-only loss), in process."""
     from slmops.steps.finetune import main
@@ -76,24 +108,39 @@ def main(argv=None) -> None:
     ap.add_argument("--learning_rate", type=float, default=1e-3, help="learning rate (both sides)")
     ap.add_argument("--repeats", type=int, default=1, help="alternating runs per side; the median is reported")
     ap.add_argument("--seed", type=int, default=0, help="seed for data, model and training")
+    ap.add_argument("--model", default="tiny", help="tiny (random-init, built here) or a packaged model name "
+                    "(slmops models list), e.g. smollm2-135m-instruct: then prompts use its chat template")
+    ap.add_argument("--trl", action="store_true", help="also run TRL SFTTrainer with its defaults (fp32)")
     args = ap.parse_args(argv)
 
     from slmops.steps.prep import main as prep
 
     work = Path(tempfile.mkdtemp(prefix="slmops-bench-ft-"))
-    model_dir = build_tiny_model(work / "tiny", seed=args.seed)
     data = write_jsonl(tone_dataset(args.rows, seed=args.seed), work / "tone.jsonl")
     prepared = work / "prepared"
-    prep(["--data", str(data), "--base_model", str(model_dir), "--template", TEMPLATE, "--label_column", "tone",
+    if args.model == "tiny":
+        model_dir = build_tiny_model(work / "tiny", seed=args.seed)
+        fmt = ["--template", TEMPLATE]
+    else:
+        from slmops import sources
+
+        model_dir = sources.pull(args.model, echo=lambda text: print(text, file=sys.stderr))
+        fmt = ["--format", "chat", "--template", "Phrase: {phrase}", "--completion_column", "tone",
+               "--system_prompt", "Classify the tone of the phrase as one of: angry, fearful, joyful, neutral, sad. "
+               "Answer with the label only."]
+    prep(["--data", str(data), "--base_model", str(model_dir), *fmt, "--label_column", "tone",
           "--max_seq_len", "256", "--output_data", str(prepared)])
 
-    results = {"baseline": [], "ours": []}
+    results = {"baseline": [], "ours": []} | ({"trl": []} if args.trl else {})
     for i in range(args.repeats):
         results["baseline"].append(baseline(prepared, model_dir, work / f"base{i}", steps=args.steps,
                                             batch_size=args.batch_size, max_length=args.max_length,
                                             lr=args.learning_rate, seed=args.seed))
         results["ours"].append(ours(prepared, model_dir, work / f"ours{i}", steps=args.steps,
                                     batch_size=args.batch_size, lr=args.learning_rate, seed=args.seed))
+        if args.trl:
+            results["trl"].append(trl_defaults(prepared, model_dir, work / f"trl{i}", steps=args.steps,
+                                               batch_size=args.batch_size, lr=args.learning_rate, seed=args.seed))
         print(f"repeat {i + 1}/{args.repeats}: " + ", ".join(
             f"{side} {runs[-1]['tokens'] / runs[-1]['seconds']:,.0f} real tok/s" for side, runs in results.items()),
             file=sys.stderr, flush=True)
@@ -104,6 +151,7 @@ def main(argv=None) -> None:
     base, mine = rate(results["baseline"]), rate(results["ours"])
     b0 = results["baseline"][0]
     report = {
+        "model": args.model, "load_average": os.getloadavg(),
         "steps": args.steps, "batch_size": args.batch_size, "rows": args.rows, "repeats": args.repeats,
         "baseline_real_tokens_per_s": round(base, 1), "ours_real_tokens_per_s": round(mine, 1),
         "ratio": round(mine / base, 2),
@@ -113,9 +161,13 @@ def main(argv=None) -> None:
                          "ours": round(statistics.median(r["seconds"] for r in results["ours"]) / args.steps, 4)},
         "runs": results,
     }
+    if args.trl:
+        report["trl_real_tokens_per_s"] = round(rate(results["trl"]), 1)
+        report["ratio_vs_trl"] = round(mine / rate(results["trl"]), 2)
     print(json.dumps(report, indent=2))
     print(f"real tokens/s: ours {mine:,.0f} vs Trainer pad-to-{args.max_length} {base:,.0f} -> "
-          f"ratio {mine / base:.2f}x")
+          f"ratio {mine / base:.2f}x" + (f"; vs TRL SFTTrainer defaults {rate(results['trl']):,.0f} -> "
+                                        f"{report['ratio_vs_trl']:.2f}x" if args.trl else ""))
 
 
 if __name__ == "__main__":
