@@ -162,3 +162,12 @@ def test_yaml_syntax_error_names_line_and_column(tmp_path):
     result = invoke("validate", pipeline)
     assert result.exit_code == 2
     assert re.search(r"YAML syntax error at line \d+, column \d+", result.stderr), result.stderr
+
+
+def test_a_number_given_to_a_text_input_is_a_warning(tmp_path, runs):
+    doc = variant(_set("jobs.a.inputs.metric", 2024))
+    results = run_all(tmp_path, doc, {})
+    for command, result in results.items():
+        assert result.exit_code == 0, (command, result.output)
+        assert any("jobs.a.inputs.metric: the text input gets the int 2024, passed as the text '2024'" in line
+                   for line in problem_lines(result.stderr)), (command, result.stderr)

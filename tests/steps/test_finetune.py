@@ -335,6 +335,9 @@ def test_resumed_run_equals_uninterrupted(prepared_data, tiny_model, tmp_path, m
     assert resumed["resumed_from"] == "checkpoint-6" and resumed["global_step"] == 12
     assert resumed["tokens_seen"] == whole["tokens_seen"]
     assert abs(resumed["final_eval_loss"] - whole["final_eval_loss"]) <= 0.01 * whole["final_eval_loss"]
+    # train_loss covers the whole run, not only the steps after the restart
+    assert abs(resumed["train_loss"] - whole["train_loss"]) <= 0.01 * whole["train_loss"]
+    assert resumed["train_loss_this_attempt"] != pytest.approx(whole["train_loss"], rel=0.01)
 
 
 # --- torchrun, 2 CPU processes, logging into the runner's MLflow run --------------------------------------------

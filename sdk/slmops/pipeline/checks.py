@@ -151,6 +151,11 @@ def conda_requirement_files(conda: dict, folder: Path, sources: set[str]) -> dic
     return dict(conda, dependencies=deps)
 
 
+def format_text(value) -> str:
+    """A literal as Azure ML writes it into a command line (booleans as True/False)."""
+    return ("True" if value else "False") if isinstance(value, bool) else str(value)
+
+
 # ------------------------------------------------------------------------------------------------ the builder
 
 class Builder:
@@ -250,7 +255,14 @@ class Builder:
                     if isinstance(binding["value"], str):
                         bound[name] = data_binding(binding["value"], spec["type"], base)
                     continue
-                bound[name] = {"value": coerce(spec, binding["value"], field, self.problems)}
+                value = binding["value"]
+                if spec.get("type") == "string" and isinstance(value, (bool, int, float)):
+                    # YAML read `label_column: 2024` or `flag: yes` as a number/boolean; the step gets its text
+                    # form ("2024", "True"), which is rarely what was meant for a text input.
+                    self.warnings.append(f"{field}: the text input gets the {type(value).__name__} {value!r}, "
+                                         f"passed as the text {format_text(value)!r}. Fix: quote it in the YAML "
+                                         f"(\"{value}\") if that text is meant.")
+                bound[name] = {"value": coerce(spec, value, field, self.problems)}
             if "path" in binding and not Path(binding["path"]).exists():
                 self.problems.append(f"{field}: {binding['path']} does not exist. Fix: correct the path (relative "
                                      "to the YAML that names it) or pass one with --set.")

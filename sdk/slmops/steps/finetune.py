@@ -277,7 +277,9 @@ def main(argv=None) -> None:
             "tokens_seen": metrics.tokens_seen, "tokens_this_attempt": metrics.tokens_this_attempt,
             "train_seconds": round(metrics.train_seconds, 3),
             "tokens_per_s": round(metrics.tokens_this_attempt / max(metrics.train_seconds, 1e-9), 1),
-            "train_loss": result.training_loss, "final_loss": losses[-1] if losses else None,
+            "train_loss": whole_run_train_loss(history, resume_from, result.training_loss,
+                                               trainer.state.global_step),
+            "train_loss_this_attempt": result.training_loss, "final_loss": losses[-1] if losses else None,
             "final_eval_loss": final_eval.get("eval_loss"),
             "best_eval_loss": trainer.state.best_metric if args.early_stopping_patience > 0 else None,
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -286,6 +288,24 @@ def main(argv=None) -> None:
         save_outputs(args, final, base_ref, tokenizer, history, summary)
         tracking.log_metrics({k: summary[k] for k in ("tokens_per_s", "tokens_seen")})
         print(json.dumps(summary, indent=2))
+
+
+def whole_run_train_loss(history: list[dict], resumed_from: Path | None, attempt_loss: float,
+                         global_step: int) -> float:
+    """The mean training loss over every step of the run, also when it was resumed: transformers' training_loss
+    covers only this attempt's steps, so the steps before the checkpoint are taken from the logged losses (each
+    the mean since the previous log; the restored log history holds them), the rest from this attempt."""
+    if resumed_from is None or not global_step:
+        return attempt_loss
+    resumed = int(resumed_from.name.rsplit("-", 1)[-1])
+    total, previous, last = 0.0, 0, None
+    for record in history:
+        if "loss" in record and record["step"] <= resumed:
+            total += record["loss"] * (record["step"] - previous)
+            previous, last = record["step"], record["loss"]
+    if last is not None and previous < resumed:       # steps after the last log before the checkpoint
+        total += last * (resumed - previous)
+    return (total + attempt_loss * (global_step - resumed)) / global_step
 
 
 def save_outputs(args, final: Path, base_ref: str, tokenizer, history: list, summary: dict) -> None:
