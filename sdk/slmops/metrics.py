@@ -170,3 +170,25 @@ def break_even_requests(cost: float | None, tokens_saved_per_request: float | No
         return None
     per_request = tokens_saved_per_request * price_per_1k_tokens / 1000
     return math.ceil(round(cost / per_request, 6))  # 2.0 / 1e-4 is 19999.999999999996 in floating point
+
+
+BOOTSTRAP = {"resamples": 1000, "seed": 0}   # the seeded bootstrap behind every non-accuracy interval
+
+
+def quality(task: str, predictions: list[str], references: list[str]) -> dict:
+    """The task's metrics with their 95 % intervals, as evaluate (and `slmops maas score`) report them: accuracy with
+    a Wilson interval and macro-F1 with a seeded bootstrap (classification), or BLEU and ROUGE-L with a bootstrap
+    interval (generation; perplexity is added by the caller)."""
+    n = len(references)
+    if task == "classification":
+        result = classification(predictions, references)
+        correct = sum(p == r for p, r in zip(predictions, references))
+        return {"accuracy": result["accuracy"], "accuracy_ci": list(wilson_interval(correct, n)),
+                "macro_f1": result["macro_f1"],
+                "macro_f1_ci": list(bootstrap_interval(
+                    lambda idx: macro_f1([predictions[i] for i in idx], [references[i] for i in idx]), n,
+                    **BOOTSTRAP)),
+                "labels": result["labels"], "confusion_matrix": result["confusion_matrix"]}
+    scores = rouge_l_scores(predictions, references)
+    return {"bleu": bleu(predictions, references), "rouge_l": sum(scores) / n,
+            "rouge_l_ci": list(bootstrap_interval(lambda idx: sum(scores[i] for i in idx) / n, n, **BOOTSTRAP))}

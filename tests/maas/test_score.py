@@ -71,14 +71,15 @@ def test_score_an_azure_openai_deployment(run_cli, deployment, clean_env, prep_o
     assert f"accuracy {correct / n:.3f}" in result.output and "per 1k requests" in result.output
 
 
-def test_variant_matches_evaluates_metrics_and_keys():
-    """The same metrics as evaluate's on the same predictions (slmops.steps.evaluate is read, never changed)."""
-    from slmops.maas import score
-    from slmops.steps import evaluate
+def test_variant_metrics_are_evaluates():
+    """`slmops maas score` reports slmops.metrics.quality, the metrics (and intervals) evaluate reports."""
+    from slmops import metrics
 
     predictions, references = ["a", "b", "a", "c"], ["a", "b", "b", "c"]
-    for task in ("classification", "generation"):
-        assert score.quality(task, predictions, references) == evaluate.quality(task, predictions, references)
+    result = metrics.quality("classification", predictions, references)
+    assert set(result) == {"accuracy", "accuracy_ci", "macro_f1", "macro_f1_ci", "labels", "confusion_matrix"}
+    assert result["accuracy"] == 0.75 and result["accuracy_ci"] == list(metrics.wilson_interval(3, 4))
+    assert set(metrics.quality("generation", predictions, references)) == {"bleu", "rouge_l", "rouge_l_ci"}
 
 
 def test_openai_compatible_endpoint_and_generation_task(run_cli, deployment, clean_env, tmp_path):

@@ -21,7 +21,6 @@ from urllib.parse import urlparse
 from slmops import metrics
 from slmops.maas.openai_ft import DEFAULT_API_VERSION, is_azure_host, require_openai
 
-BOOTSTRAP = {"resamples": 1000, "seed": 0}  # evaluate's
 
 
 def chat_client(endpoint: str, *, api_key: str | None = None, token_provider=None, api_version: str | None = None,
@@ -42,24 +41,6 @@ def reference(conversation, task: str) -> str:
     if task == "classification" and conversation.label is not None:
         return conversation.label
     return conversation.messages[-1]["content"].strip()
-
-
-def quality(task: str, predictions: list[str], references: list[str]) -> dict:
-    """evaluate's metrics with their 95 % intervals (Wilson for accuracy, seeded bootstrap otherwise)."""
-    n = len(references)
-    if task == "classification":
-        result = metrics.classification(predictions, references)
-        correct = sum(p == r for p, r in zip(predictions, references))
-        return {"accuracy": result["accuracy"], "accuracy_ci": list(metrics.wilson_interval(correct, n)),
-                "macro_f1": result["macro_f1"],
-                "macro_f1_ci": list(metrics.bootstrap_interval(
-                    lambda idx: metrics.macro_f1([predictions[i] for i in idx], [references[i] for i in idx]), n,
-                    **BOOTSTRAP)),
-                "labels": result["labels"], "confusion_matrix": result["confusion_matrix"]}
-    scores = metrics.rouge_l_scores(predictions, references)
-    return {"bleu": metrics.bleu(predictions, references), "rouge_l": sum(scores) / n,
-            "rouge_l_ci": list(metrics.bootstrap_interval(lambda idx: sum(scores[i] for i in idx) / n, n,
-                                                          **BOOTSTRAP))}
 
 
 def cost_per_1k(prompt_tokens: float, completion_tokens: float, prices: dict | None) -> float | None:
@@ -104,7 +85,7 @@ def score(client, deployment: str, conversations: list, *, task: str, label: str
                "endpoint": _public(endpoint) if endpoint else None, "errors": errors}
     if n == 0:
         return variant
-    variant.update(quality(task, predictions, references))
+    variant.update(metrics.quality(task, predictions, references))
     mean_prompt, mean_completion = sum(prompt_tokens) / n, sum(completion_tokens) / n
     total = sum(seconds)
     variant.update({

@@ -1,39 +1,13 @@
-"""Sweep nodes (`type: sweep`) run locally with Azure ML's semantics.
+"""Sweep nodes (`type: sweep`) run locally with Azure ML's semantics: sampling, trials, early termination, limits.
 
     from slmops.runner.sweep import run_sweep
     result = run_sweep(spec, start_trial, log)                        # raises UserError when nothing usable
     result.best_index, result.best_params, result.best_metric, result.best_outputs, result.trials
 
-`spec` is the sweep node as a plain dict, shaped like the YAML (and like azure-ai-ml's `Sweep._to_dict()`):
-
-    search_space:        {name: {type: choice, values: [...]} | {type: uniform, min_value, max_value} | ...}
-    sampling_algorithm:  random | grid | bayesian | {type: random, seed: N, rule: random|sobol}
-    objective:           {primary_metric: str, goal: maximize|minimize}
-    limits:              {max_total_trials, max_concurrent_trials, timeout (s), trial_timeout (s)}
-    early_termination:   None | {type: bandit, slack_factor|slack_amount, evaluation_interval, delay_evaluation}
-                         | {type: median_stopping, ...} | {type: truncation_selection, truncation_percentage, ...}
-
-Semantics (as Azure ML documents them):
-- Search space expressions: choice(values), randint(upper) -> [0, upper), uniform(min_value, max_value),
-  loguniform -> exp(uniform(min_value, max_value)) (the bounds are exponents), quniform/qloguniform (rounded
-  to a multiple of q), normal(mu, sigma), lognormal -> exp(normal), qnormal/qlognormal.
-- Grid sampling enumerates every combination and accepts only `choice`. Random sampling is deterministic for
-  its seed (default 0, so local runs are reproducible and cacheable). Bayesian sampling needs the Azure ML
-  service: locally it is replaced by random sampling, with a notice.
-- The primary metric is read from each trial's MLflow run: the last value logged decides the best trial; every
-  logged value is one "interval" for early termination.
-- An early termination policy is applied at every interval N that is a multiple of `evaluation_interval` and
-  `>= delay_evaluation`. At interval N a trial is compared only with the first N values of the other trials:
-  bandit: its best value so far is outside the slack of the best trial's best value so far
-    (maximize: value < best / (1 + slack_factor) or value < best - slack_amount; minimize mirrored);
-  median_stopping: its best value so far is worse than the median of all trials' running averages over 1..N;
-  truncation_selection: its value at N ranks in the lowest `truncation_percentage` % of the trials' values at N.
-  A terminated trial is killed and recorded as `early_terminated`.
-- Limits: at most `max_total_trials` trials (grid: the grid's size when unset; random: required),
-  `max_concurrent_trials` at once (locally 1 when unset), `trial_timeout` kills a trial (`timed_out`),
-  `timeout` stops launching and kills running trials (`canceled`).
-- The best trial is the best *completed* trial (exit code 0) that logged the metric: only it has outputs. The
-  sweep fails (UserError) when no completed trial logged the metric.
+`spec` is the sweep node as a plain dict; its shape and the semantics (search space expressions, sampling, early
+termination, limits, which trial is best) are written down once, in `slmops.pipeline.sweep_spec`, which reads and
+checks it. The primary metric is read from each trial's MLflow run; a terminated trial is killed and recorded as
+`early_terminated`; the best trial is the best completed one that logged the metric (only it has outputs).
 """
 
 from __future__ import annotations

@@ -54,7 +54,6 @@ VERDICT_METRIC = {"classification": "accuracy", "generation": "rouge_l"}
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "perplexity": "perplexity", "bleu": "BLEU",
                 "rouge_l": "ROUGE-L"}
 PROMPT_BASELINES = ("base_zero_shot", "base_k_shot")
-BOOTSTRAP = {"resamples": 1000, "seed": 0}
 SIGNIFICANCE = "95 % confidence intervals do not overlap"
 
 
@@ -250,25 +249,6 @@ def completion_nll(model, rows: list[dict], batch_size: int) -> tuple[float, int
     return nll, count
 
 
-def quality(task: str, predictions: list[str], references: list[str]) -> dict:
-    """The task's metrics with their 95 % intervals (perplexity is added by the caller)."""
-    n = len(references)
-    interval = dict(BOOTSTRAP)
-    if task == "classification":
-        result = metrics.classification(predictions, references)
-        correct = sum(p == r for p, r in zip(predictions, references))
-        return {"accuracy": result["accuracy"], "accuracy_ci": list(metrics.wilson_interval(correct, n)),
-                "macro_f1": result["macro_f1"],
-                "macro_f1_ci": list(metrics.bootstrap_interval(
-                    lambda idx: metrics.macro_f1([predictions[i] for i in idx], [references[i] for i in idx]), n,
-                    **interval)),
-                "labels": result["labels"], "confusion_matrix": result["confusion_matrix"]}
-    scores = metrics.rouge_l_scores(predictions, references)
-    return {"bleu": metrics.bleu(predictions, references), "rouge_l": sum(scores) / n,
-            "rouge_l_ci": list(metrics.bootstrap_interval(lambda idx: sum(scores[i] for i in idx) / n, n,
-                                                          **interval))}
-
-
 def measure_latency(model, tokenizer, prompts: list[str], args) -> dict:
     """Per-request cost at batch size 1: the first `latency_samples` prompts sent one at a time after one
     warm-up request; mean wall milliseconds per request and generated tokens / summed seconds."""
@@ -297,7 +277,7 @@ def score(model, tokenizer, label: str, prompts: list[str], references: list[str
     if args.task == "generation":
         nll, n_tokens = completion_nll(model, nll_rows, args.batch_size)
         result["perplexity"] = metrics.perplexity(nll, n_tokens)
-    result.update(quality(args.task, predictions, references))
+    result.update(metrics.quality(args.task, predictions, references))
     result["prompt_tokens_mean"] = sum(c.prompt_tokens for c in completions) / len(completions)
     result["generated_tokens_mean"] = sum(len(c.ids) for c in completions) / len(completions)
     result.update(measure_latency(model, tokenizer, prompts, args))
