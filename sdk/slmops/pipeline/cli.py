@@ -32,6 +32,7 @@ def validate(pipeline: Path, set_: tuple[str, ...], strict: bool):
     kinds = {}
     for node in loaded.graph.nodes.values():
         kinds[node.kind] = kinds.get(node.kind, 0) + 1
-    click.echo(f"{pipeline}: valid ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))} job(s), "
+    jobs = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "no command or sweep"
+    click.echo(f"{pipeline}: valid ({jobs} job(s), "
                f"{len(loaded.sources)} file(s) read"
                + (f", {len(loaded.warnings)} warning(s)" if loaded.warnings else "") + ")")

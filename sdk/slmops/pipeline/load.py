@@ -159,11 +159,23 @@ def load(pipeline: Path, sets: dict[str, str], *, target: str, cwd: Path | None 
         if job is None:
             return loaded
         loaded.job = job
-        _check(loaded, job, target)
+        _check(loaded, job, target, _parent_inputs_named(raw.get("jobs")))
     return loaded
 
 
-def _check(loaded: Loaded, job, target: str) -> None:
+def _parent_inputs_named(node) -> set[str]:
+    """Every `${{parent.inputs.x}}` anywhere in the YAML's jobs: bindings of job types the graph leaves out (spark,
+    automl, registered components) count as uses of the pipeline input too."""
+    if isinstance(node, dict):
+        return set().union(*(_parent_inputs_named(v) for v in node.values())) if node else set()
+    if isinstance(node, list):
+        return set().union(*(_parent_inputs_named(v) for v in node)) if node else set()
+    if isinstance(node, str):
+        return set(re.findall(r"\$\{\{\s*parent\.inputs\.(\w+)\s*\}\}", node))
+    return set()
+
+
+def _check(loaded: Loaded, job, target: str, bound_in_yaml: set[str] = frozenset()) -> None:
     """azure-ai-ml's `_validate()`, then our checks while the graph is built."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -198,8 +210,9 @@ def _check(loaded: Loaded, job, target: str) -> None:
             scope_inputs[name] = None        # azure-ai-ml leaves an empty literal out of the REST body: not given
         elif raw is not None:
             scope_inputs[name] = {"value": raw}
-    for name in _leave_out_unset(job, {name for name, value in scope_inputs.items() if value is None}):
-        builder.used_inputs.add(("", name))      # bound, though not given: not an unused input
+    for name in _leave_out_unset(job, {name for name, value in scope_inputs.items() if value is None}) | set(
+            bound_in_yaml):
+        builder.used_inputs.add(("", name))      # bound (maybe by a job the graph leaves out): not unused
     pipeline_outputs: dict[str, dict] = {}
     builder.scope(job.jobs, scope_inputs, "", base, None, pipeline_outputs)
     builder.unused_inputs("", scope_inputs, "")

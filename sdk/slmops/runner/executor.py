@@ -610,6 +610,11 @@ class Executor:
         log_path = self.run_dir / name / "user_logs" / "std_log.txt"
         if code == 0 and node.kind == "sweep":
             code = active.handle.adopt_best(active.outputs)
+        artifacts = active.outputs.get("artifacts")
+        if code == 0 and artifacts is not None and active.work is not None and active.work.outputs() is not None:
+            # Azure ML's default `artifacts` output of a job is its artifact folder: `./outputs/...` is readable
+            # downstream as `${{parent.jobs.X.outputs.artifacts}}/outputs/...`
+            shutil.copytree(active.work.outputs(), Path(artifacts) / "outputs", dirs_exist_ok=True)
         self._close_work(name, active.work, active.run_id, keep=code != 0)
         if code != 0:
             self.tracker.end_run(active.run_id, "FAILED")
