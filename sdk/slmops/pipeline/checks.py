@@ -151,8 +151,8 @@ def conda_requirement_files(conda: dict, folder: Path, sources: set[str]) -> dic
     return dict(conda, dependencies=deps)
 
 
-def format_text(value) -> str:
-    """A literal as Azure ML writes it into a command line (booleans as True/False)."""
+def format_value(value) -> str:
+    """A value as Azure ML writes it into a command line (booleans as True/False)."""
     return ("True" if value else "False") if isinstance(value, bool) else str(value)
 
 
@@ -260,7 +260,7 @@ class Builder:
                     # YAML read `label_column: 2024` or `flag: yes` as a number/boolean; the step gets its text
                     # form ("2024", "True"), which is rarely what was meant for a text input.
                     self.warnings.append(f"{field}: the text input gets the {type(value).__name__} {value!r}, "
-                                         f"passed as the text {format_text(value)!r}. Fix: quote it in the YAML "
+                                         f"passed as the text {format_value(value)!r}. Fix: quote it in the YAML "
                                          f"(\"{value}\") if that text is meant.")
                 bound[name] = {"value": coerce(spec, value, field, self.problems)}
             if "path" in binding and not Path(binding["path"]).exists():

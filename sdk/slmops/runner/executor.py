@@ -37,7 +37,7 @@ from pathlib import Path
 
 from slmops.errors import UserError
 from slmops.io import write_json
-from slmops.pipeline.checks import INPUT_REF, OPTIONAL
+from slmops.pipeline.checks import INPUT_REF, OPTIONAL, format_value
 from slmops.pipeline.graph import Graph, Node, toposort
 from slmops.runner import shell
 from slmops.runner.assets import StandIns
@@ -50,13 +50,6 @@ from slmops.runner.workspace import Workspace
 TAIL_LINES = 25
 KILL_GRACE_SECONDS = 5.0
 POLL_SECONDS = 0.05
-
-
-def format_value(value) -> str:
-    """A value as Azure ML writes it into a command line (booleans as True/False)."""
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    return str(value)
 
 
 def render_command(template: str, values: dict, outputs: dict, where: str = "command") -> str:

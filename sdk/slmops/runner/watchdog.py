@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from slmops.io import write_json
+
 GRACE_SECONDS = 3.0
 
 
@@ -74,7 +76,7 @@ def mark_records_killed(run_dir: Path, pipeline_run: str | None = None, uri: str
             continue
         if record.get("status") == "running":
             record.update(status="killed", reason=reason)
-            _write(step_file, record)
+            write_json(step_file, record)
     run_file = run_dir / "run.json"
     try:
         record = json.loads(run_file.read_text()) if run_file.exists() else {}
@@ -84,13 +86,7 @@ def mark_records_killed(run_dir: Path, pipeline_run: str | None = None, uri: str
     if pipeline_run:
         record.setdefault("mlflow_run_id", pipeline_run)
         record.setdefault("tracking_uri", uri)
-    _write(run_file, record)
-
-
-def _write(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    write_json(run_file, record)
 
 
 def main(argv=None) -> int:
