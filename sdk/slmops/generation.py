@@ -115,9 +115,41 @@ def _torch_row_limits(limits: list[int], width: int):
     return StoppingCriteriaList([RowLimits()])
 
 
+# A prefix at least this long that every prompt of a call shares (a system prompt, k-shot examples) is run once and
+# its key/value cache reused by every batch: the k-shot baseline's 350-token prompts cost what their last turn costs.
+SHARED_PREFIX_MIN_TOKENS = 32
+
+
+def _shared_prefix(encoded: list[list[int]]) -> int:
+    """The number of leading ids every prompt shares, leaving each prompt at least one id of its own."""
+    if len(encoded) < 2:
+        return 0
+    first, shortest = encoded[0], min(len(ids) for ids in encoded)
+    n = 0
+    while n < shortest - 1 and all(ids[n] == first[n] for ids in encoded):
+        n += 1
+    return n if n >= SHARED_PREFIX_MIN_TOKENS else 0
+
+
+def _torch_prefix_cache(model, prefix: list[int]):
+    """The key/value cache of `prefix` (one row), computed once."""
+    import torch
+
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([prefix], device=model.device), use_cache=True)
+    return out.cache
+
+
 def _torch_run(model, tokenizer, prompts: list[str], *, max_new_tokens: int | list[int], batch_size: int,
                min_new_tokens: int = 0, temperature: float = 0.0) -> list[tuple[int, list[int]]]:
-    """(prompt token count, new ids cut at eos) of each prompt: `model.generate` over left-padded batches."""
+    """(prompt token count, new ids cut at eos) of each prompt: `model.generate` over left-padded batches.
+
+    When every prompt opens with the same ids (`_shared_prefix`), those are run once: each row is the shared
+    prefix, left padding, then the prompt's own ids, with the prefix's cache given to `generate` (which runs only
+    the uncached ids; positions follow the attention mask, so the padding in the middle is skipped).
+    """
+    import copy
+
     import torch
 
     limits = _per_prompt(max_new_tokens, len(prompts))
@@ -127,26 +159,37 @@ def _torch_run(model, tokenizer, prompts: list[str], *, max_new_tokens: int | li
         search = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
     else:
         search = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    all_encoded = [torch_encode(tokenizer, p) for p in prompts]
+    shared = _shared_prefix(all_encoded)
+    prefix_cache = _torch_prefix_cache(model, all_encoded[0][:shared]) if shared else None
     results = []
     for start in range(0, len(prompts), batch_size):
-        encoded = [torch_encode(tokenizer, p) for p in prompts[start:start + batch_size]]
+        encoded = all_encoded[start:start + batch_size]
         batch_limits = limits[start:start + batch_size]
-        width = max(len(ids) for ids in encoded)
-        # decoder-only models continue from the last position of each row: pad on the left
-        input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        width = max(len(ids) - shared for ids in encoded)
+        # decoder-only models continue from the last position of each row: pad on the left (after the prefix)
+        input_ids = torch.full((len(encoded), shared + width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(encoded), shared + width), dtype=torch.long)
+        input_ids[:, :shared] = torch.tensor(encoded[0][:shared], dtype=torch.long)
+        attention_mask[:, :shared] = 1
         for i, ids in enumerate(encoded):
-            if ids:
-                input_ids[i, width - len(ids):] = torch.tensor(ids)
-                attention_mask[i, width - len(ids):] = 1
+            own = ids[shared:]
+            if own:
+                input_ids[i, shared + width - len(own):] = torch.tensor(own)
+                attention_mask[i, shared + width - len(own):] = 1
+        cache = {}
+        if prefix_cache is not None:
+            cache = {"cache": copy.deepcopy(prefix_cache)}
+            cache["cache"].batch_repeat_interleave(len(encoded))
         # A batch that mixes limits (batched serving) stops each row at its own limit, so the call ends once every
         # row is done, not once the short rows too reach the largest limit or an end token; the ids are the same
-        stop = {} if len(set(batch_limits)) == 1 else {"stopping_criteria": _torch_row_limits(batch_limits, width)}
+        stop = {} if len(set(batch_limits)) == 1 else {
+            "stopping_criteria": _torch_row_limits(batch_limits, shared + width)}
         with torch.inference_mode():
             out = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
                                  max_new_tokens=max(batch_limits), min_new_tokens=min_new_tokens,
-                                 pad_token_id=pad_id, eos_token_id=sorted(eos_ids), **search, **stop)
-        new = out[:, width:]
+                                 pad_token_id=pad_id, eos_token_id=sorted(eos_ids), **cache, **search, **stop)
+        new = out[:, shared + width:]
         results.extend((len(ids), _cut_at_eos(row[:limit].tolist(), eos_ids))
                        for ids, row, limit in zip(encoded, new, batch_limits))
     return results

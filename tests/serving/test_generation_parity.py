@@ -241,3 +241,38 @@ def test_sampling_answers_within_the_limit(kind, variants, monkeypatch):
 ])
 def test_bos_rule(with_special, plain, expected):
     assert generation._one_bos(with_special, plain) == expected
+
+
+def test_prompts_sharing_a_prefix_run_it_once_with_the_same_answers(variants, monkeypatch):
+    """k-shot prompts share a long opening: it is run once and its cache reused (evaluate's k-shot baseline);
+    every answer equals the prompt's answer generated alone."""
+    import torch
+
+    folder = variants["pytorch-stop"]
+    model, tok = models.load_causal_lm(folder, dtype=torch.float32).eval(), models.load_tokenizer(folder)
+    shots = " ".join(f"Phrase: {p} Tone: angry." for p in PROMPTS * 3)
+    prompts = [f"{shots} Phrase: {p} Tone:" for p in [*PROMPTS, "We won!", "It rained all week and the roof leaked."]]
+    encoded = [generation.torch_encode(tok, p) for p in prompts]
+    shared = generation._shared_prefix(encoded)
+    assert shared >= generation.SHARED_PREFIX_MIN_TOKENS and all(len(ids) > shared for ids in encoded)
+    prefixes = []
+    real = generation._torch_prefix_cache
+    monkeypatch.setattr(generation, "_torch_prefix_cache", lambda m, ids: prefixes.append(ids) or real(m, ids))
+    limits = [MAX_NEW, 3, 5, MAX_NEW, 2]
+    batched = generation.torch_completions(model, tok, prompts, max_new_tokens=limits, batch_size=3)
+    assert prefixes == [encoded[0][:shared]]   # one prefix run for the whole call
+    single = [generation.torch_completions(model, tok, [p], max_new_tokens=n, batch_size=1)[0]
+              for p, n in zip(prompts, limits)]
+    assert prefixes == [encoded[0][:shared]]   # one prompt alone shares nothing
+    assert batched == single
+
+
+@pytest.mark.parametrize("encoded, expected", [
+    ([[1] * 40 + [2], [1] * 40 + [3]], 40),
+    ([[1] * 40, [1] * 40], 39),            # each prompt keeps one id of its own
+    ([[1] * 10 + [2], [1] * 10 + [3]], 0),  # too short to be worth a cache
+    ([[1] * 40 + [2]], 0),                  # one prompt
+    ([[5] + [1] * 40, [1] * 41], 0),
+])
+def test_shared_prefix(encoded, expected):
+    assert generation._shared_prefix(encoded) == expected

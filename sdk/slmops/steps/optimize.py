@@ -58,7 +58,7 @@ CONTRACT = Component(
               enum=TASKS),
         Input("max_new_tokens", "integer", "Greedy decoding length limit for accuracy.", default=16, min=1),
         Input("max_samples", "integer", "Score at most N held-out examples (0 = all).", default=200, min=0),
-        Input("speed_prompts", "integer", "Prompts timed for decode speed.", default=20, min=1),
+        Input("speed_prompts", "integer", "Prompts timed for decode speed (each runtime, taking turns).", default=5, min=1),
         Input("speed_tokens", "integer", "New tokens generated per timed prompt.", default=64, min=1),
     ],
     outputs=[
