@@ -114,10 +114,14 @@ def stage_hf_folder(source: models.ModelSource, folder: Path) -> Path:
     return folder
 
 
-def build(hf_dir: Path, out: Path, precision: str, provider: str, cache: Path) -> str:
-    """Run ORT GenAI's model builder; return its output. An unsupported architecture is a UserError."""
+def build(hf_dir: Path, out: Path, precision: str, provider: str, cache: Path,
+          extra_options: dict | None = None) -> str:
+    """Run ORT GenAI's model builder (`extra_options`: its KEY=VALUE options, e.g. block_size); return its output.
+    An unsupported architecture is a UserError."""
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out),
            "-p", precision, "-e", provider, "-c", str(cache)]
+    if extra_options:
+        cmd += ["--extra_options", *(f"{k}={v}" for k, v in extra_options.items())]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
