@@ -222,3 +222,24 @@ def test_serve_rejects_bad_input_with_exit_2(args, says, tmp_path, monkeypatch):
 def test_serve_help():
     result = CliRunner().invoke(serve, ["--help"])
     assert result.exit_code == 0 and "--port" in result.output and "127.0.0.1" in result.output
+
+
+@pytest.mark.parametrize("max_batch, expected_threads", [(None, 16), ("4", 8), ("1", 2), ("zero", 16), ("999", 16)])
+def test_serve_sizes_itself_by_the_batcher_plan(max_batch, expected_threads, tmp_path, monkeypatch):
+    """Request threads 2 x SLMOPS_MAX_BATCH (a bad value: the default, left to the worker to report); workers and
+    compute threads from the cores this process may use and the model's weight bytes."""
+    import os
+
+    from slmops.serving import serve as srv
+
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 4096)
+    (tmp_path / "config.json").write_text("{}")
+    env = {} if max_batch is None else {"SLMOPS_MAX_BATCH": max_batch}
+    plan = srv.server_plan(tmp_path, env)
+    cores = len(os.sched_getaffinity(0))
+    assert plan["threads"] == expected_threads and plan["model_bytes"] == 4096
+    assert plan["workers"] == max(1, cores // 8) and plan["compute_threads"] == max(1, cores // plan["workers"])
+    command = srv.server_command(0, plan["threads"], workers=plan["workers"])
+    assert command[command.index("--threads") + 1] == str(expected_threads)
+    assert srv.server_env(tmp_path, "k" * 16, compute_threads=3, base={})["OMP_NUM_THREADS"] == "3"
+    assert srv.server_env(tmp_path, "k" * 16, compute_threads=3, base={"OMP_NUM_THREADS": "1"})["OMP_NUM_THREADS"] == "1"

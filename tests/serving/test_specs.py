@@ -20,13 +20,15 @@ def test_endpoint_spec_loads_with_key_auth():
     ("instance_type", "Standard_DS3_v2"),
     ("instance_count", 1),
     ("request_settings.request_timeout_ms", 90000),
-    ("request_settings.max_concurrent_requests_per_instance", 4),
+    ("request_settings.max_concurrent_requests_per_instance", 16),
     ("liveness_probe.failure_threshold", 30),
     ("readiness_probe.period", 10),
     ("scale_settings.type", "default"),
     ("code_configuration.scoring_script", "slmops/serving/score.py"),
     ("environment", "slmops-cpu@latest"),  # azure-ai-ml strips the azureml: prefix when loading
     ("environment_variables.SLMOPS_MAX_NEW_TOKENS", "512"),
+    ("environment_variables.GUNICORN_CMD_ARGS", "--threads 16"),
+    ("environment_variables.SLMOPS_MAX_BATCH", "8"),
 ])
 def test_deployment_spec_loads(field, value):
     from azure.ai.ml import load_online_deployment
@@ -64,3 +66,21 @@ def test_the_deployment_uploads_the_whole_package_although_the_steps_snapshot_le
     uploaded = {str(f) for f in code_files(code)}
     assert {"slmops/serving/score.py", "slmops/generation.py", "slmops/serving/batcher.py"} <= uploaded
     assert deployment.code_configuration.scoring_script == "slmops/serving/score.py"
+
+
+def test_the_deployment_is_sized_as_slmops_serve_sizes_itself():
+    """The spec's workers, threads and concurrency are batcher.plan()'s for its instance type (4 cores, 14 GB) and a
+    small model, and the gateway lets through as many concurrent requests as the worker has threads."""
+    import shlex
+
+    import yaml
+
+    from slmops.serving import batcher
+
+    spec = yaml.safe_load((SPECS / "deployment.yml").read_text())
+    env = spec["environment_variables"]
+    plan = batcher.plan(4, 14 * 2**30, 600 * 2**20, max_batch=int(env["SLMOPS_MAX_BATCH"]))
+    threads = int(shlex.split(env["GUNICORN_CMD_ARGS"])[1])
+    assert (int(env["WORKER_COUNT"]), threads, int(env["OMP_NUM_THREADS"])) == (
+        plan["workers"], plan["threads"], plan["compute_threads"])
+    assert spec["request_settings"]["max_concurrent_requests_per_instance"] == plan["workers"] * threads

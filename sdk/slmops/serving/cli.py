@@ -21,12 +21,15 @@ TRACKING_HELP = "MLflow tracking/registry URI for models:/ references (default: 
               help="port on 127.0.0.1 to serve on (the server never binds another interface)")
 @click.option("--key", default=None, help="endpoint key clients send as 'Authorization: Bearer <key>' "
               "(default: $SLMOPS_ENDPOINT_KEY, else a new key printed once)")
-@click.option("--threads", type=click.IntRange(1, 64), default=8, show_default=True,
-              help="request threads (generation itself runs one request at a time)")
+@click.option("--threads", type=click.IntRange(1, 256), default=None,
+              help="request threads per worker [default: 2 x the max batch (SLMOPS_MAX_BATCH, 8): one batch "
+                   "gathers while the other generates]")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="workers, each one copy of the model [default: from the cores and memory; 1 below 16 cores]")
 @click.option("--max-body-bytes", type=click.IntRange(1024, 64 * 1024 * 1024), default=1_048_576,
               show_default=True, help="larger request bodies get 413")
 @click.option("--tracking-uri", default=None, help=TRACKING_HELP)
-def serve(model, port, key, threads, max_body_bytes, tracking_uri):
+def serve(model, port, key, threads, workers, max_body_bytes, tracking_uri):
     """Serve MODEL (a folder, models:/NAME@ALIAS or models:/NAME/VERSION) with the Azure ML inference server
     on 127.0.0.1, behind key authentication, with readiness and liveness routes. The model's files are checked
     first (a registered version's against the sha256 recorded at registration). Exit codes: 2 bad input, a
@@ -56,9 +59,15 @@ def serve(model, port, key, threads, max_body_bytes, tracking_uri):
         key = srv.new_key()
         click.echo(f"endpoint key (shown once): {key}")
     base = f"http://{srv.HOST}:{port}"
+    plan = srv.server_plan(model_dir)
+    workers = workers or plan["workers"]
+    threads = threads or plan["threads"]
+    compute = max(1, plan["cores"] // workers)
     click.echo(f"serving {model_dir} at {base}/score  (swagger: {base}/swagger.json, "
                f"probes: {base}/health/live {base}/health/ready)", err=False)
-    code = srv.run(model_dir, sock, key, threads, max_body_bytes)
+    click.echo(f"{workers} worker(s) x {threads} request threads, batches of up to {plan['max_batch']}, "
+               f"{compute} compute thread(s) per worker", err=False)
+    code = srv.run(model_dir, sock, key, max_body_bytes, threads=threads, workers=workers, compute_threads=compute)
     raise SystemExit(code)
 
 

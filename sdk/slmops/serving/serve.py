@@ -39,7 +39,8 @@ from slmops.errors import UserError
 SCORE_SCRIPT = Path(__file__).with_name("score.py")
 HOST = "127.0.0.1"
 KEY_ENV = "SLMOPS_ENDPOINT_KEY"
-DEFAULT_THREADS = 8
+DEFAULT_THREADS = 16  # batcher.plan(): 2 x the default max batch (8) - one batch gathers while the other generates
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".onnx.data", ".pt")
 DEFAULT_MAX_BODY_BYTES = 1_048_576
 
 
@@ -69,19 +70,40 @@ def bind(port: int) -> socket.socket:
     return sock
 
 
-def server_command(port: int, threads: int = DEFAULT_THREADS, fd: int | None = None) -> list[str]:
-    """gunicorn on 127.0.0.1:port (or on the already bound socket `fd`), one worker (one copy of the model) with
-    `threads` request threads."""
+def server_plan(model_dir: Path, env: dict | None = None) -> dict:
+    """Workers, request threads per worker and compute threads per worker for serving `model_dir` on this machine:
+    `slmops.serving.batcher.plan` from the cores this process may use, the memory, the model's weight bytes and
+    the max batch (SLMOPS_MAX_BATCH; a bad value is left to the worker, which reports it)."""
+    from slmops.serving import batcher
+
+    env = os.environ if env is None else env
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    model_bytes = sum(f.stat().st_size for f in Path(model_dir).rglob("*")
+                      if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
+    raw = str(env.get("SLMOPS_MAX_BATCH", "")).strip()
+    max_batch = int(raw) if raw.isdigit() and 1 <= int(raw) <= 256 else batcher.DEFAULT_MAX_BATCH
+    return {**batcher.plan(cores, memory, model_bytes, max_batch=max_batch), "max_batch": max_batch,
+            "cores": cores, "model_bytes": model_bytes}
+
+
+def server_command(port: int, threads: int = DEFAULT_THREADS, fd: int | None = None, workers: int = 1) -> list[str]:
+    """gunicorn on 127.0.0.1:port (or on the already bound socket `fd`), `workers` workers (each one copy of the
+    model) with `threads` request threads each."""
     where = f"fd://{fd}" if fd is not None else f"{HOST}:{port}"
-    return [sys.executable, "-m", "gunicorn", "--bind", where, "--workers", "1",
+    return [sys.executable, "-m", "gunicorn", "--bind", where, "--workers", str(workers),
             "--worker-class", "gthread", "--threads", str(threads), "--timeout", "300", "--graceful-timeout", "5",
             "--access-logfile", "-", "--error-logfile", "-", "slmops.serving.app:build()"]
 
 
 def server_env(model_dir: Path, key: str, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               base: dict | None = None, load_error_file: Path | None = None) -> dict[str, str]:
-    """The environment the inference server reads (as on a managed endpoint) plus our key and body cap."""
+               base: dict | None = None, load_error_file: Path | None = None,
+               compute_threads: int | None = None) -> dict[str, str]:
+    """The environment the inference server reads (as on a managed endpoint) plus our key and body cap, and each
+    worker's share of the cores for its compute threads (OMP_NUM_THREADS, unless already set)."""
     env = dict(os.environ if base is None else base)
+    if compute_threads is not None:
+        env.setdefault("OMP_NUM_THREADS", str(compute_threads))
     env.update({
         "AZUREML_MODEL_DIR": str(Path(model_dir).resolve()),
         "AZUREML_ENTRY_SCRIPT": str(SCORE_SCRIPT),
@@ -113,12 +135,16 @@ def check_model_dir(model_dir: Path) -> Path:
     return found
 
 
-def start(model_dir: Path, port: int, key: str, log_path: Path, *, threads: int = DEFAULT_THREADS,
+def start(model_dir: Path, port: int, key: str, log_path: Path, *, threads: int | None = None,
           max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> subprocess.Popen:
-    """Start the server in the background (its output goes to `log_path`); see wait_ready()."""
+    """Start the server in the background (its output goes to `log_path`), sized by server_plan() unless `threads`
+    is given; see wait_ready()."""
+    plan = server_plan(model_dir)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        return subprocess.Popen(server_command(port, threads), env=server_env(model_dir, key, max_body_bytes),
+        return subprocess.Popen(server_command(port, threads or plan["threads"], workers=plan["workers"]),
+                                env=server_env(model_dir, key, max_body_bytes,
+                                               compute_threads=plan["compute_threads"]),
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
 
@@ -147,15 +173,18 @@ def wait_ready(base_url: str, timeout_s: float, proc: subprocess.Popen | None = 
     raise UserError(f"the inference server at {base_url} {state}; its log ends with:\n{tail}")
 
 
-def run(model_dir: Path, sock: socket.socket, key: str, threads: int, max_body_bytes: int) -> int:
+def run(model_dir: Path, sock: socket.socket, key: str, max_body_bytes: int, *, threads: int, workers: int = 1,
+        compute_threads: int | None = None) -> int:
     """Run gunicorn on the bound socket `sock` until it exits; returns its exit code. SIGTERM, SIGINT and SIGHUP are
     passed on to it. UserError (exit 2) with the reason when the worker could not load the model."""
     with tempfile.TemporaryDirectory(prefix="slmops-serve-") as tmp:
         error_file = Path(tmp) / "load-error.txt"
         sys.stdout.flush()
         sys.stderr.flush()
-        proc = subprocess.Popen(server_command(0, threads, fd=sock.fileno()), pass_fds=(sock.fileno(),),
-                                env=server_env(model_dir, key, max_body_bytes, load_error_file=error_file))
+        proc = subprocess.Popen(server_command(0, threads, fd=sock.fileno(), workers=workers),
+                                pass_fds=(sock.fileno(),),
+                                env=server_env(model_dir, key, max_body_bytes, load_error_file=error_file,
+                                               compute_threads=compute_threads))
         sock.close()  # gunicorn holds it now
 
         def forward(signum, _frame):
