@@ -49,8 +49,10 @@ def test_finetuned_fixture_learns_the_task(finetuned, prepared_data):
     history = json.loads((finetuned["metrics"] / "train_history.json").read_text())
     assert summary["method"] == "lora" and summary["precision"] == "fp32" and summary["global_step"] == 100
     assert summary["tokens_seen"] == summary["tokens_this_attempt"] > 30_000 and summary["tokens_per_s"] > 0
-    first_eval = [h["eval_loss"] for h in history if "eval_loss" in h][0]
-    assert summary["final_eval_loss"] < first_eval < 6.5
+    evals = [h for h in history if "eval_loss" in h]
+    assert summary["final_eval_loss"] < evals[0]["eval_loss"] < 6.5
+    # evaluated at steps 50 and 100 only: the last step's evaluation is the final one, not run a second time
+    assert [h["step"] for h in evals] == [50, 100] and summary["final_eval_loss"] == evals[-1]["eval_loss"]
     assert {"loss", "learning_rate", "step"} <= set(history[0])
 
     model_dir = finetuned["model"]

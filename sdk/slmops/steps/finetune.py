@@ -259,7 +259,7 @@ def main(argv=None) -> None:
         tracking.log_params({**params, "precision_chosen": precision, "world_size": world_size,
                              "resumed_from": resume_from.name if resume_from else None})
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        final_eval = trainer.evaluate() if args.eval_steps > 0 else {}
+        final_eval = final_evaluation(trainer, args) if args.eval_steps > 0 else {}
         # Every rank takes part in saving (ZeRO-3 gathers the weights); only the main process writes.
         final = checkpoints / "final"
         trainer.save_model(str(final))
@@ -288,6 +288,16 @@ def main(argv=None) -> None:
         save_outputs(args, final, base_ref, tokenizer, history, summary)
         tracking.log_metrics({k: summary[k] for k in ("tokens_per_s", "tokens_seen")})
         print(json.dumps(summary, indent=2))
+
+
+def final_evaluation(trainer, args) -> dict:
+    """The validation metrics of the model as saved: the evaluation logged at the last step when there was one (the
+    same weights, so not run twice), else a new one. With early stopping the best checkpoint is loaded at the end,
+    so it is evaluated anew."""
+    last = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
+    if args.early_stopping_patience == 0 and last is not None and last.get("step") == trainer.state.global_step:
+        return last
+    return trainer.evaluate()
 
 
 def whole_run_train_loss(history: list[dict], resumed_from: Path | None, attempt_loss: float,
