@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slmops import contract, generation, metrics, models, tracking
+from slmops import contract, generation, metrics, models, threads, tracking
 from slmops.contract import Component, Input, Output
 from slmops.data import read_prepared_rows
 from slmops.errors import UserError, run_main
@@ -563,6 +563,7 @@ def flat_metrics(result: dict) -> dict:
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     inputs = validate(args)
+    threads.apply()
     rows = inputs.rows
     base_ref = args.base_model or args.base_model_id
     special = models.load_tokenizer(args.model).all_special_tokens

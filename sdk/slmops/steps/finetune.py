@@ -29,7 +29,7 @@ import os
 import shutil
 from pathlib import Path
 
-from slmops import contract, tracking
+from slmops import contract, threads, tracking
 from slmops.contract import Component, Input, Output
 from slmops.errors import UserError, run_main
 from slmops.io import atomic_dir, write_json
@@ -239,6 +239,7 @@ def main(argv=None) -> None:
     # ---- parse and validate: every problem at once, before anything is loaded ----------------------------
     args = build_parser().parse_args(argv)
     validate(args)
+    compute_threads = threads.apply()
     rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     precision = choose_precision(args.precision, **hardware())
     # An absolute path, so the adapter's base_model_name_or_path (and the MLflow model's source) still resolve
@@ -257,6 +258,7 @@ def main(argv=None) -> None:
     params = {k: v for k, v in vars(args).items() if k not in ("adapter", "model", "metrics", "checkpoints")}
     with tracking.step_run():
         tracking.log_params({**params, "precision_chosen": precision, "world_size": world_size,
+                             "compute_threads": compute_threads,
                              "resumed_from": resume_from.name if resume_from else None})
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         final_eval = final_evaluation(trainer, args) if args.eval_steps > 0 else {}
