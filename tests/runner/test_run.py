@@ -381,14 +381,16 @@ def test_an_edit_to_an_environments_conda_file_reruns_the_step(runs, tmp_path):
 
 
 def test_steps_running_together_share_the_cores_unless_the_user_set_omp_num_threads(runs, monkeypatch):
-    """On Azure ML each step has its node to itself; locally, steps started together split os.cpu_count()."""
-    import os
-
+    """On Azure ML each step has its node to itself; locally, steps started together split the cores that are free
+    (slmops.threads) when they start."""
     from click.testing import CliRunner
 
+    from slmops import threads as compute
     from slmops.cli import main
 
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    busy = {"cores": 0.0}
+    monkeypatch.setattr(compute, "available_cores", lambda: 8)
+    monkeypatch.setattr(compute, "busy_cores", lambda: busy["cores"])
     monkeypatch.chdir(ASSETS)
 
     def threads(run_name: str, env: dict, *extra: str) -> dict:
@@ -401,6 +403,8 @@ def test_steps_running_together_share_the_cores_unless_the_user_set_omp_num_thre
 
     assert threads("r1", {"OMP_NUM_THREADS": None}) == {"a": "4", "b": "4", "c": "8"}
     assert threads("r2", {"OMP_NUM_THREADS": "3"}, "--force-rerun") == {"a": "3", "b": "3", "c": "3"}
+    busy["cores"] = 5.6   # other work holds most of the machine: 2 cores free
+    assert threads("r3", {"OMP_NUM_THREADS": None}, "--force-rerun") == {"a": "1", "b": "1", "c": "2"}
 
 
 def test_a_step_without_outputs_completes_and_is_reused(runs):

@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slmops import threads
 from slmops.errors import UserError
 from slmops.io import write_json
 from slmops.pipeline.checks import INPUT_REF, OPTIONAL, format_value
@@ -508,9 +509,12 @@ class Executor:
         env["VIRTUAL_ENV"] = str(work.layer)
         env.pop("PYTHONHOME", None)
         # On Azure ML each step has its node's cores to itself; here up to max_parallel steps share this machine's,
-        # and two steps each spinning all-core thread pools slow each other several-fold. Share them out unless
-        # the user (or the job's environment_variables) chose.
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.sharing)))
+        # with whatever else runs on it, and thread pools that oversubscribe the cores slow a step tens of times
+        # (bench/contention.py). Give each step its share of the cores free now unless the user (or the job's
+        # environment_variables) chose; the step reads it (slmops.threads).
+        if "OMP_NUM_THREADS" not in env:
+            free, _ = threads.choose({})
+            env["OMP_NUM_THREADS"] = str(max(1, free // self.sharing))
         return env
 
     def _docker(self, plan: Plan, work: Workspace, values: dict, node: Node):
