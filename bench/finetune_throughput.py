@@ -1,6 +1,7 @@
 """Fine-tune throughput: real (non-pad) tokens/s of `slmops.steps.finetune` vs a plain transformers Trainer +
 PEFT baseline that pads every example to a fixed max length (what Azure ML's fine-tuning components do), and vs
-TRL's SFTTrainer with its defaults (`--trl`).
+TRL's SFTTrainer with its defaults and with its best settings (`--trl`), plus each side's held-out accuracy after
+the same steps.
 
     OMP_NUM_THREADS=1 python bench/finetune_throughput.py --rows 2000 --steps 40 --repeats 3
     python bench/finetune_throughput.py --model smollm2-135m-instruct --rows 600 --steps 12 --trl --max_length 128
@@ -9,7 +10,10 @@ All sides run in this one process on the same model (default: the tiny random-in
 packaged real model, `slmops models pull`), the same prep output, the same LoRA settings (all-linear, r 16), batch
 size, learning rate, seed, fp32, and number of steps; evaluation and checkpoints are off on all. The TRL baseline
 keeps SFTConfig's defaults (padding to the longest in the batch, activation checkpointing on) except precision,
-which is fp32 on every side (SFTConfig's default bf16 is ~13x slower on CPUs without bf16 hardware). Time is the trainer's train() wall time measured by the same
+which is fp32 on every side (SFTConfig's default bf16 is ~13x slower on CPUs without bf16 hardware); the "TRL best"
+side sets padding-free batches, completion-only loss and no activation checkpointing, the settings slmops' finetune
+gives TRL. After the first repeat each side's model answers `--eval_rows` test rows (greedy, slmops.generation).
+Time is the trainer's train() wall time measured by the same
 callback (slmops.training.metrics_callback); real tokens are the non-pad input tokens the trainer consumed.
 Runs alternate (baseline, ours, baseline, ours, ...) and the median of each side is compared.
 """
@@ -55,12 +59,14 @@ def baseline(prepared: Path, model_dir: Path, out: Path, *, steps: int, batch_si
                       data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
     trainer.train()
     return {"tokens": callback.tokens_this_attempt, "seconds": callback.train_seconds,
-            "padded_tokens": steps * batch_size * max_length}
+            "padded_tokens": steps * batch_size * max_length, "model": trainer.model, "tokenizer": tok}
 
 
 def trl_defaults(prepared: Path, model_dir: Path, out: Path, *, steps: int, batch_size: int, lr: float,
-                 seed: int) -> dict:
-    """TRL SFTTrainer on prompt/completion text with SFTConfig's defaults (same LoRA, steps, batch, lr; fp32)."""
+                 seed: int, best: bool = False) -> dict:
+    """TRL SFTTrainer on prompt/completion text with SFTConfig's defaults (same LoRA, steps, batch, lr; fp32), or
+    with its best settings for this (`best`): padding-free batches, completion-only loss, no activation
+    checkpointing."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -69,20 +75,37 @@ def trl_defaults(prepared: Path, model_dir: Path, out: Path, *, steps: int, batc
     from slmops.models import load_causal_lm, load_tokenizer
 
     tok = load_tokenizer(model_dir)
-    rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in read_prepared(prepared / "train.jsonl")]
+    rows = [{"prompt": r["prompt"], "completion": r["completion"]}
+            for r in map(json.loads, (prepared / "train.jsonl").read_text().splitlines())]
     torch.manual_seed(seed)
     config = SFTConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch_size,
                        learning_rate=lr, lr_scheduler_type="constant", seed=seed, report_to="none",
                        save_strategy="no", eval_strategy="no", logging_steps=steps, disable_tqdm=True,
                        bf16=False, fp16=False, use_cpu=not torch.cuda.is_available(), dataloader_pin_memory=False,
-                       include_num_input_tokens_seen="non_padding")
+                       # padding-free batches hold no pad tokens: count them all (as finetune does)
+                       include_num_input_tokens_seen="all" if best else "non_padding",
+                       **({"padding_free": True, "completion_only_loss": True, "activation_checkpointing": False,
+                           "max_length": None}
+                          if best else {}))
     callback = metrics_callback()
     trainer = SFTTrainer(model=load_causal_lm(model_dir), args=config, train_dataset=Dataset.from_list(rows),
                          processing_class=tok, callbacks=[callback],
                          peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
                                                 task_type="CAUSAL_LM"))
     trainer.train()
-    return {"tokens": callback.tokens_this_attempt, "seconds": callback.train_seconds}
+    return {"tokens": callback.tokens_this_attempt, "seconds": callback.train_seconds, "model": trainer.model,
+            "tokenizer": tok}
+
+
+def held_out_accuracy(model, tok, prepared: Path, rows: int) -> float:
+    """Greedy accuracy on the first `rows` test rows (slmops.generation, as evaluate scores)."""
+    from slmops import generation, metrics
+
+    examples = generation.read_examples(str(prepared), rows)
+    predictions = generation.torch_complete(model.eval(), tok, [r["prompt"] for r in examples], max_new_tokens=8,
+                                            batch_size=16)
+    references = [generation.reference(r, "classification", tok.all_special_tokens) for r in examples]
+    return metrics.accuracy(predictions, references)
 
 
 def ours(prepared: Path, model_dir: Path, out: Path, *, steps: int, batch_size: int, lr: float, seed: int) -> dict:
@@ -95,7 +118,10 @@ def ours(prepared: Path, model_dir: Path, out: Path, *, steps: int, batch_size: 
           "--logging_steps", str(steps), "--seed", str(seed), "--precision", "fp32",
           *[a for name in ("adapter", "model", "metrics", "checkpoints") for a in (f"--{name}", str(out / name))]])
     summary = json.loads((out / "metrics" / "train_summary.json").read_text())
-    return {"tokens": summary["tokens_this_attempt"], "seconds": summary["train_seconds"]}
+    from slmops.models import load_causal_lm, load_tokenizer
+
+    return {"tokens": summary["tokens_this_attempt"], "seconds": summary["train_seconds"],
+            "model": load_causal_lm(out / "model"), "tokenizer": load_tokenizer(out / "model")}
 
 
 def main(argv=None) -> None:
@@ -110,7 +136,10 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed for data, model and training")
     ap.add_argument("--model", default="tiny", help="tiny (random-init, built here) or a packaged model name "
                     "(slmops models list), e.g. smollm2-135m-instruct: then prompts use its chat template")
-    ap.add_argument("--trl", action="store_true", help="also run TRL SFTTrainer with its defaults (fp32)")
+    ap.add_argument("--trl", action="store_true", help="also run TRL SFTTrainer with its defaults (fp32) and with "
+                    "its best settings (padding-free, completion-only loss, no activation checkpointing)")
+    ap.add_argument("--eval_rows", type=int, default=100,
+                    help="test rows each side's model is scored on after the first repeat (0 = none)")
     args = ap.parse_args(argv)
 
     from slmops.steps.prep import main as prep
@@ -131,16 +160,22 @@ def main(argv=None) -> None:
     prep(["--data", str(data), "--base_model", str(model_dir), *fmt, "--label_column", "tone",
           "--max_seq_len", "256", "--output_data", str(prepared)])
 
-    results = {"baseline": [], "ours": []} | ({"trl": []} if args.trl else {})
+    results = {"baseline": [], "ours": []} | ({"trl": [], "trl_best": []} if args.trl else {})
+    accuracy = {}
+    common = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.learning_rate, "seed": args.seed}
     for i in range(args.repeats):
-        results["baseline"].append(baseline(prepared, model_dir, work / f"base{i}", steps=args.steps,
-                                            batch_size=args.batch_size, max_length=args.max_length,
-                                            lr=args.learning_rate, seed=args.seed))
-        results["ours"].append(ours(prepared, model_dir, work / f"ours{i}", steps=args.steps,
-                                    batch_size=args.batch_size, lr=args.learning_rate, seed=args.seed))
-        if args.trl:
-            results["trl"].append(trl_defaults(prepared, model_dir, work / f"trl{i}", steps=args.steps,
-                                               batch_size=args.batch_size, lr=args.learning_rate, seed=args.seed))
+        runs = {"baseline": lambda: baseline(prepared, model_dir, work / f"base{i}", max_length=args.max_length,
+                                             **common),
+                "ours": lambda: ours(prepared, model_dir, work / f"ours{i}", **common),
+                "trl": lambda: trl_defaults(prepared, model_dir, work / f"trl{i}", **common),
+                "trl_best": lambda: trl_defaults(prepared, model_dir, work / f"trlbest{i}", best=True, **common)}
+        for side in results:
+            run = runs[side]()
+            model, tok = run.pop("model"), run.pop("tokenizer")
+            if i == 0 and args.eval_rows:
+                accuracy[side] = held_out_accuracy(model, tok, prepared, args.eval_rows)
+            del model
+            results[side].append(run)
         print(f"repeat {i + 1}/{args.repeats}: " + ", ".join(
             f"{side} {runs[-1]['tokens'] / runs[-1]['seconds']:,.0f} real tok/s" for side, runs in results.items()),
             file=sys.stderr, flush=True)
@@ -161,13 +196,21 @@ def main(argv=None) -> None:
                          "ours": round(statistics.median(r["seconds"] for r in results["ours"]) / args.steps, 4)},
         "runs": results,
     }
+    report["held_out_accuracy"] = {"rows": args.eval_rows, **accuracy}
     if args.trl:
         report["trl_real_tokens_per_s"] = round(rate(results["trl"]), 1)
         report["ratio_vs_trl"] = round(mine / rate(results["trl"]), 2)
+        report["trl_best_real_tokens_per_s"] = round(rate(results["trl_best"]), 1)
+        report["ratio_vs_trl_best"] = round(mine / rate(results["trl_best"]), 2)
     print(json.dumps(report, indent=2))
     print(f"real tokens/s: ours {mine:,.0f} vs Trainer pad-to-{args.max_length} {base:,.0f} -> "
           f"ratio {mine / base:.2f}x" + (f"; vs TRL SFTTrainer defaults {rate(results['trl']):,.0f} -> "
-                                        f"{report['ratio_vs_trl']:.2f}x" if args.trl else ""))
+                                        f"{report['ratio_vs_trl']:.2f}x; vs TRL best settings "
+                                        f"{report['trl_best_real_tokens_per_s']:,.0f} -> "
+                                        f"{report['ratio_vs_trl_best']:.2f}x" if args.trl else ""))
+    if accuracy:
+        print(f"held-out accuracy after {args.steps} steps ({args.eval_rows} test rows): "
+              + ", ".join(f"{side} {acc:.3f}" for side, acc in accuracy.items()))
 
 
 if __name__ == "__main__":
