@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-pytest_plugins = ["tests.fixtures.prep", "tests.fixtures.finetune"]
+pytest_plugins = ["tests.fixtures.prep", "tests.fixtures.finetune", "tests.fixtures.multi_adapter"]
 
 
 @pytest.fixture(scope="session")

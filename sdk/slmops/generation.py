@@ -27,6 +27,11 @@ The steps, the same for both backends and for one prompt or many:
     og_model = og.Model(onnx_dir)
     generation.ort_complete(og_model, og.Tokenizer(og_model), prompts, max_new_tokens=16, batch_size=16)
 
+**Adapters** (several LoRA adapters on one base, `slmops.adapters`): `adapter=NAME` makes every prompt of the call
+use that adapter - PyTorch: a PEFT model with its adapters loaded (`model.set_adapter(NAME)` before generating);
+ORT GenAI: the `og.Adapters` they were loaded into, passed as `adapters=`
+(`generator.set_active_adapter(adapters, NAME)` on each batch's generator). Without `adapter` nothing changes.
+
 `min_new_tokens` forces a fixed number of new tokens (end-of-sequence suppressed until then), which is how
 decode speed is measured with the same token count on both backends (`*_generate`: the ids only, nothing
 decoded).
@@ -141,7 +146,8 @@ def _torch_prefix_cache(model, prefix: list[int]):
 
 
 def _torch_run(model, tokenizer, prompts: list[str], *, max_new_tokens: int | list[int], batch_size: int,
-               min_new_tokens: int = 0, temperature: float = 0.0) -> list[tuple[int, list[int]]]:
+               min_new_tokens: int = 0, temperature: float = 0.0,
+               adapter: str | None = None) -> list[tuple[int, list[int]]]:
     """(prompt token count, new ids cut at eos) of each prompt: `model.generate` over left-padded batches.
 
     When every prompt opens with the same ids (`_shared_prefix`), those are run once: each row is the shared
@@ -153,6 +159,8 @@ def _torch_run(model, tokenizer, prompts: list[str], *, max_new_tokens: int | li
     import torch
 
     limits = _per_prompt(max_new_tokens, len(prompts))
+    if adapter is not None:  # before the shared prefix's cache, which the adapter changes too
+        model.set_adapter(adapter)
     eos_ids = torch_eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
     if temperature > 0:
@@ -196,26 +204,27 @@ def _torch_run(model, tokenizer, prompts: list[str], *, max_new_tokens: int | li
 
 
 def torch_completions(model, tokenizer, prompts: list[str], *, max_new_tokens: int | list[int], batch_size: int,
-                      temperature: float = 0.0) -> list[Completion]:
+                      temperature: float = 0.0, adapter: str | None = None) -> list[Completion]:
     """The completion of each prompt with PyTorch (`max_new_tokens`: one for all, or one per prompt)."""
     runs = _torch_run(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                      temperature=temperature)
+                      temperature=temperature, adapter=adapter)
     texts = tokenizer.batch_decode([ids for _, ids in runs], skip_special_tokens=True)
     return [Completion(text.strip(), ids, n_prompt, _finish(ids, limit))
             for (n_prompt, ids), text, limit in zip(runs, texts, _per_prompt(max_new_tokens, len(prompts)))]
 
 
 def torch_generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int,
-                   min_new_tokens: int = 0) -> list[list[int]]:
+                   min_new_tokens: int = 0, adapter: str | None = None) -> list[list[int]]:
     """Greedy: the new token ids of each prompt, cut at eos (nothing decoded; decode-speed measurement)."""
     return [ids for _, ids in _torch_run(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                         batch_size=batch_size, min_new_tokens=min_new_tokens)]
+                                         batch_size=batch_size, min_new_tokens=min_new_tokens, adapter=adapter)]
 
 
-def torch_complete(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int) -> list[str]:
+def torch_complete(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int,
+                   adapter: str | None = None) -> list[str]:
     """Greedy completions (decoded, special tokens skipped, stripped) with PyTorch."""
     return [c.text for c in torch_completions(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                              batch_size=batch_size)]
+                                              batch_size=batch_size, adapter=adapter)]
 
 
 # ------------------------------------------------------------------------------------------- ONNX Runtime GenAI
@@ -246,7 +255,8 @@ def ort_eos_ids(tokenizer) -> set[int]:
 
 
 def _ort_run(model, tokenizer, prompts: list[str], *, max_new_tokens: int | list[int], batch_size: int,
-             min_new_tokens: int = 0, temperature: float = 0.0) -> list[tuple[int, list[int]]]:
+             min_new_tokens: int = 0, temperature: float = 0.0, adapters=None,
+             adapter: str | None = None) -> list[tuple[int, list[int]]]:
     """(prompt token count, new ids cut at eos) of each prompt: ORT GenAI (`og.Model`, `og.Tokenizer`) over batches.
 
     A batch is right padded with the pad id (what `og.Tokenizer.encode_batch` does; ORT GenAI masks pad ids),
@@ -256,6 +266,8 @@ def _ort_run(model, tokenizer, prompts: list[str], *, max_new_tokens: int | list
     import onnxruntime_genai as og
 
     limits = _per_prompt(max_new_tokens, len(prompts))
+    if adapter is not None and adapters is None:
+        raise ValueError(f"adapter {adapter!r} without adapters: pass the og.Adapters it was loaded into")
     eos_ids = ort_eos_ids(tokenizer)
     results = []
     for start in range(0, len(prompts), batch_size):
@@ -272,6 +284,8 @@ def _ort_run(model, tokenizer, prompts: list[str], *, max_new_tokens: int | list
             search.update(temperature=temperature, top_k=0, top_p=1.0)
         params.set_search_options(**search)
         generator = og.Generator(model, params)
+        if adapter is not None:
+            generator.set_active_adapter(adapters, adapter)
         generator.append_tokens(input_ids)
         # ORT GenAI has one max_length per batch: when limits differ (batched serving), stop once every row has its
         # limit or an end token, not once the short rows too reach the largest limit; the ids are the same
@@ -292,25 +306,27 @@ def _ort_run(model, tokenizer, prompts: list[str], *, max_new_tokens: int | list
 
 
 def ort_completions(model, tokenizer, prompts: list[str], *, max_new_tokens: int | list[int], batch_size: int,
-                    temperature: float = 0.0) -> list[Completion]:
+                    temperature: float = 0.0, adapters=None, adapter: str | None = None) -> list[Completion]:
     """The completion of each prompt with ORT GenAI (`max_new_tokens`: one for all, or one per prompt)."""
     runs = _ort_run(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                    temperature=temperature)
+                    temperature=temperature, adapters=adapters, adapter=adapter)
     return [Completion(tokenizer.decode(ids).strip() if ids else "", ids, n_prompt, _finish(ids, limit))
             for (n_prompt, ids), limit in zip(runs, _per_prompt(max_new_tokens, len(prompts)))]
 
 
 def ort_generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int,
-                 min_new_tokens: int = 0) -> list[list[int]]:
+                 min_new_tokens: int = 0, adapters=None, adapter: str | None = None) -> list[list[int]]:
     """Greedy: the new token ids of each prompt, cut at eos (nothing decoded; decode-speed measurement)."""
     return [ids for _, ids in _ort_run(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                       batch_size=batch_size, min_new_tokens=min_new_tokens)]
+                                       batch_size=batch_size, min_new_tokens=min_new_tokens, adapters=adapters,
+                                       adapter=adapter)]
 
 
-def ort_complete(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int) -> list[str]:
+def ort_complete(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int, adapters=None,
+                 adapter: str | None = None) -> list[str]:
     """Greedy completions (decoded, special tokens skipped, stripped) with ORT GenAI."""
     return [c.text for c in ort_completions(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                            batch_size=batch_size)]
+                                            batch_size=batch_size, adapters=adapters, adapter=adapter)]
 
 
 def reference(row: dict, task: str, special_tokens: list[str]) -> str:

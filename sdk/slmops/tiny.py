@@ -1,6 +1,8 @@
 """Tiny models and sample data, made offline: the quickstart and the tests never download anything.
 
 - `tone_dataset(n)`: a phrase -> tone classification set (5 labels) generated from word lists, deterministic.
+- `topic_dataset(n)`: a sentence -> topic classification set (5 labels), the second task of the multi-adapter
+  example (pipelines/multi_adapter.yaml, sdk/slmops/data/topic_sample.jsonl = `python -m slmops.tiny --topics`).
 - `build_tiny_model(out)`: a byte-level BPE tokenizer trained with `tokenizers` on that data, wrapped as a
   `PreTrainedTokenizerFast` with a Phi-3-style chat template, plus a *random-init* causal LM config
   (llama, qwen2 or phi3). The base model knows nothing: fine-tuning is what teaches it the task.
@@ -60,6 +62,33 @@ def tone_dataset(n: int = 2000, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     return [{"phrase": tone_phrase(rng, LABELS[i % len(LABELS)]), "tone": LABELS[i % len(LABELS)]}
             for i in range(n)]
+
+
+TOPICS = ["sports", "weather", "food", "money", "travel"]
+TOPIC_TEMPLATE = "<|user|>\nWhich topic is this about? {text}<|end|>\n<|assistant|>\n{topic}"
+_TOPIC_WORDS = {
+    "sports": ["match", "goal", "coach", "league", "striker", "referee", "stadium", "tennis"],
+    "weather": ["rain", "storm", "forecast", "snow", "windy", "cloudy", "thunder", "humid"],
+    "food": ["soup", "recipe", "bakery", "pasta", "dinner", "spicy", "oven", "salad"],
+    "money": ["bank", "salary", "loan", "budget", "prices", "savings", "tax", "invoice"],
+    "travel": ["airport", "flight", "hotel", "passport", "beach", "luggage", "train", "tickets"],
+}
+_TOPIC_FRAMES = ["{S} talked about the {a} and the {b}.", "The {a} was all {s} could think of, then the {b}.",
+                 "Yesterday {s} mentioned the {a}; today it is the {b}.", "{S} read a note about the {a} and the {b}."]
+
+
+def topic_dataset(n: int = 2000, seed: int = 0) -> list[dict]:
+    """`n` rows of {"text", "topic"} with balanced labels (deterministic for a seed): two words of the topic's
+    list in a random sentence frame."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        topic = TOPICS[i % len(TOPICS)]
+        a, b = rng.sample(_TOPIC_WORDS[topic], 2)
+        s = rng.choice(_SUBJECTS)
+        rows.append({"text": rng.choice(_TOPIC_FRAMES).format(s=s, S=s[0].upper() + s[1:], a=a, b=b),
+                     "topic": topic})
+    return rows
 
 
 def write_jsonl(rows: list[dict], path: str | Path) -> Path:
@@ -142,11 +171,14 @@ def main(argv=None):
     ap.add_argument("--arch", default="llama", choices=["llama", "qwen2", "phi3"], help="architecture family")
     ap.add_argument("--data", help="also write the tone dataset (JSONL) to this file")
     ap.add_argument("--rows", type=int, default=2000, help="rows of tone data to write with --data")
+    ap.add_argument("--topics", help="also write the topic dataset (JSONL, --rows rows) to this file")
     ap.add_argument("--seed", type=int, default=0, help="seed for data, tokenizer corpus and weights")
     args = ap.parse_args(argv)
     build_tiny_model(args.out, arch=args.arch, seed=args.seed)
     if args.data:
         write_jsonl(tone_dataset(args.rows, seed=args.seed), args.data)
+    if args.topics:
+        write_jsonl(topic_dataset(args.rows, seed=args.seed), args.topics)
     print(f"tiny {args.arch} model (random weights) written to {args.out}")
 
 

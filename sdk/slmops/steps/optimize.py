@@ -13,11 +13,27 @@
    end-of-sequence token suppressed until then), the two runtimes taking turns prompt by prompt after one
    warm-up prompt each (on a shared machine both see the same load).
 Writes the ORT GenAI model folder to `--onnx_model` and `optimize_report.json` to `--report`.
+
+Several LoRA adapters on one base (`--adapter_1 ... --adapter_4`, finetune's adapter outputs; `--model` is then the
+base model they were trained on, `--adapter_names tone,topic` names them):
+
+    python -m slmops.steps.optimize --model tiny-llama/ --adapter_1 tone/adapter --test_data tone/prep \
+        --adapter_2 topic/adapter --test_data_2 topic/prep --adapter_names tone,topic \
+        --onnx_model onnx_out/ --report report_out/
+
+the model folder is one ORT GenAI base plus `adapters/<name>.onnx_adapter` per adapter (`slmops.adapters`): the
+builder writes the base with adapter_1's LoRA MatMuls at `--precision`, their weights become graph inputs, and each
+adapter's values (the builder's own fp32 build of it, scaling folded in) go to its adapter file. Each adapter is
+scored on its own test data (`--test_data` for adapter_1, `--test_data_N` for adapter_N) through ORT GenAI with
+that adapter active and through PyTorch with PEFT (`set_adapter`); the report's `adapters` holds each one's
+figures, and its top-level accuracy / accuracy_drop / agreement are those of the adapter that lost the most (so
+register's `max_optimized_drop` gate holds for every adapter). Decode speed is timed with adapter_1.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -25,6 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from slmops import adapters as multi
 from slmops import contract, generation, metrics, models, tracking
 from slmops.contract import Component, Input, Output
 from slmops.errors import UserError, run_main
@@ -39,6 +56,7 @@ PROVIDER_RUNTIME = {
     "cuda": ("is_cuda_available", "pip install 'slmops[cuda]' (onnxruntime-genai-cuda, Linux with an NVIDIA GPU)"),
     "dml": ("is_dml_available", "pip install 'slmops[directml]' (onnxruntime-genai-directml; Windows only)"),
 }
+MAX_ADAPTERS = 4  # adapter slots of the component (Azure ML components have a fixed set of inputs)
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json"]
 
@@ -60,6 +78,15 @@ CONTRACT = Component(
         Input("max_samples", "integer", "Score at most N held-out examples (0 = all).", default=200, min=0),
         Input("speed_prompts", "integer", "Prompts timed for decode speed (each runtime, taking turns).", default=5, min=1),
         Input("speed_tokens", "integer", "New tokens generated per timed prompt.", default=64, min=1),
+        *[Input(f"adapter_{i}", "uri_folder", f"LoRA adapter {i} (finetune's adapter output) trained on --model; "
+                "with adapters, --model is their base and the ONNX model is that base with switchable adapters.",
+                optional=True, group="several adapters on one base") for i in range(1, MAX_ADAPTERS + 1)],
+        *[Input(f"test_data_{i}", "uri_folder", f"prep's output_data of adapter {i}'s task (adapter 1 is scored on "
+                "test_data).", optional=True, group="several adapters on one base")
+          for i in range(2, MAX_ADAPTERS + 1)],
+        Input("adapter_names", "string", "Adapter names in slot order, comma-separated (default adapter_1, "
+              "adapter_2, ...): the file names in adapters/ and the 'adapter' a request names.", optional=True,
+              group="several adapters on one base"),
     ],
     outputs=[
         Output("onnx_model", "The ORT GenAI model folder (with the tokenizer files)."),
@@ -72,8 +99,49 @@ def build_parser() -> argparse.ArgumentParser:
     return contract.parser(CONTRACT, doc=__doc__)
 
 
-def validate(args) -> tuple[models.ModelSource, list[dict]]:
-    """Check every argument and read the inputs; raise one UserError listing every problem."""
+def adapter_slots(args, problems: list[str]) -> list[tuple[str, str, str]]:
+    """(name, adapter folder, test data folder) of each adapter given, in slot order; appends every problem."""
+    given = [i for i in range(1, MAX_ADAPTERS + 1) if getattr(args, f"adapter_{i}")]
+    if given != list(range(1, len(given) + 1)):
+        problems.append(f"adapters given in slots {given}: fill --adapter_1, --adapter_2, ... in order, without gaps")
+    for i in range(2, MAX_ADAPTERS + 1):
+        adapter, data = getattr(args, f"adapter_{i}"), getattr(args, f"test_data_{i}")
+        if adapter and not data:
+            problems.append(f"--adapter_{i} needs --test_data_{i} (prep's output_data of its task): every adapter is "
+                            "scored through ONNX against PyTorch on its own held-out rows")
+        if data and not adapter:
+            problems.append(f"--test_data_{i} given without --adapter_{i}; pass the adapter or drop the data")
+    if args.adapter_names is None:
+        names = [f"adapter_{i}" for i in given]
+    else:
+        names = [n.strip() for n in args.adapter_names.split(",")]
+        if not given:
+            problems.append(f"--adapter_names {args.adapter_names!r} given without adapters; pass --adapter_1 ...")
+        elif len(names) != len(given):
+            problems.append(f"--adapter_names {args.adapter_names!r} has {len(names)} names for {len(given)} "
+                            "adapters; give one name per adapter, comma-separated, in slot order")
+        problems += [f"--adapter_names: {p}" for p in (multi.name_problem(n) for n in names) if p]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            problems.append(f"--adapter_names: {dupes} named twice; each adapter needs its own name")
+    slots = []
+    for i, name in zip(given, names):
+        folder = Path(getattr(args, f"adapter_{i}"))
+        config = folder / "adapter_config.json"
+        if not config.is_file():
+            problems.append(f"--adapter_{i} {str(folder)!r} has no adapter_config.json; pass finetune's adapter "
+                            "output of a LoRA run (a --method full run has no adapter)")
+        elif json.loads(config.read_text()).get("peft_type") != "LORA":
+            problems.append(f"--adapter_{i} {str(folder)!r} is not a LoRA adapter (peft_type "
+                            f"{json.loads(config.read_text()).get('peft_type')!r}); only LoRA adapters switch")
+        data = args.test_data if i == 1 else getattr(args, f"test_data_{i}")
+        slots.append((name, str(folder), data))
+    return slots
+
+
+def validate(args) -> tuple[models.ModelSource, list[tuple[str | None, str | None, list[dict]]]]:
+    """Check every argument and read the inputs; raise one UserError listing every problem. Returns the model
+    source and what is scored: [(adapter name, adapter folder, test rows)], or [(None, None, rows)] without
+    adapters."""
     import onnxruntime_genai as og
 
     problems = contract.check_values(CONTRACT, args)  # enum, min/max
@@ -82,24 +150,33 @@ def validate(args) -> tuple[models.ModelSource, list[dict]]:
         if not getattr(og, check)():
             problems.append(f"--execution_provider {args.execution_provider}: this ONNX Runtime GenAI build has no "
                             f"{args.execution_provider} support; {install}, or use --execution_provider cpu")
+    slots = adapter_slots(args, problems)
     source = None
     try:
         source = models.check_weights(args.model)
         if not source.is_local:
             problems.append(f"--model {args.model!r}: the model builder needs a local folder; pass finetune's "
                             "model output (or download the hub model first)")
+        elif source.adapter and slots:
+            problems.append(f"--model {args.model!r} is an adapter; with --adapter_N pass the base model the "
+                            "adapters were trained on (finetune's base_model)")
         elif source.adapter:
-            problems.append(f"--model {args.model!r} is an adapter; pass the merged model (finetune's model output)")
+            problems.append(f"--model {args.model!r} is an adapter; pass the merged model (finetune's model output), "
+                            "or pass it as --adapter_1 with its base model as --model")
     except UserError as exc:
         problems.append(f"--model: {exc}")
-    rows = []
-    try:
-        rows = generation.read_examples(args.test_data, args.max_samples)
-    except UserError as exc:
-        problems.append(f"--test_data: {exc}")
+    targets = []
+    for i, (name, folder, data) in enumerate(slots or [(None, None, args.test_data)], start=1):
+        flag = "--test_data" if i == 1 else f"--test_data_{i}"
+        if data is None:  # reported above
+            continue
+        try:
+            targets.append((name, folder, generation.read_examples(data, args.max_samples)))
+        except UserError as exc:
+            problems.append(f"{flag}: {exc}")
     if problems:
         raise UserError("optimize: invalid arguments", problems=problems)
-    return source, rows
+    return source, targets
 
 
 def stage_hf_folder(source: models.ModelSource, folder: Path) -> Path:
@@ -130,6 +207,30 @@ def build(hf_dir: Path, out: Path, precision: str, provider: str, cache: Path,
             raise UserError(f"ORT GenAI's model builder does not support this model's architecture:\n{tail}")
         raise RuntimeError(f"model builder failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
     return log
+
+
+def build_switchable(hf_dir: Path, slots: list[tuple[str, str]], out: Path, precision: str, provider: str,
+                     work: Path) -> dict[str, Path]:
+    """One ORT GenAI base with switchable LoRA adapters (`slmops.adapters`): each adapter built at fp32 on the CPU
+    for its weights (the builder names, splits and scales them), the base built at `precision` with the first
+    adapter, its LoRA weights turned into inputs, and `adapters/<name>.onnx_adapter` written per adapter.
+    `slots`: [(name, adapter folder)]. Returns {name: adapter file}."""
+    weights = {}
+    for name, folder in slots:
+        fp32 = work / f"fp32-{name}"
+        build(hf_dir, fp32, "fp32", "cpu", work / "cache", {"adapter_path": str(Path(folder).resolve())})
+        weights[name] = multi.lora_weights(fp32)
+    if problems := multi.same_targets(weights):
+        raise UserError("optimize: the adapters cannot share one base", problems=problems)
+    first_name, first_folder = slots[0]
+    if (precision, provider) == ("fp32", "cpu"):  # the first adapter's fp32 build is the base
+        shutil.copytree(work / f"fp32-{first_name}", out, dirs_exist_ok=True)
+    else:
+        build(hf_dir, out, precision, provider, work / "cache", {"adapter_path": str(Path(first_folder).resolve())})
+    dtype = multi.make_switchable(out, weights[first_name])
+    (out / multi.ADAPTERS_DIR).mkdir()
+    return {name: multi.write_onnx_adapter(out / multi.ADAPTERS_DIR / f"{name}{multi.ONNX_SUFFIX}", weights[name],
+                                           dtype) for name, _ in slots}
 
 
 def copy_tokenizer_files(tokenizer_dir: Path, out: Path) -> list[str]:
@@ -169,26 +270,48 @@ def folder_mb(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
 
 
+def score_targets(task: str, targets, onnx_generate, torch_generate, references) -> dict:
+    """Each target's (adapter's) ONNX and PyTorch accuracy on its own rows: {name: {...}}."""
+    scores = {}
+    for name, _, rows in targets:
+        prompts = [r["prompt"] for r in rows]
+        onnx_predictions, torch_predictions = onnx_generate(prompts, name), torch_generate(prompts, name)
+        onnx_accuracy = task_score(task, onnx_predictions, references[name])
+        torch_accuracy = task_score(task, torch_predictions, references[name])
+        scores[name] = {"n": len(rows), "onnx": {"accuracy": onnx_accuracy}, "pytorch": {"accuracy": torch_accuracy},
+                        "accuracy_drop": torch_accuracy - onnx_accuracy,
+                        "agreement": metrics.accuracy(onnx_predictions, torch_predictions)}
+    return scores
+
+
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    source, rows = validate(args)
+    source, targets = validate(args)
     import onnxruntime_genai as og
     import torch
 
+    switchable = targets[0][0] is not None
     tokenizer = models.load_tokenizer(args.model)
-    prompts = [r["prompt"] for r in rows]
-    references = [generation.reference(r, args.task, tokenizer.all_special_tokens) for r in rows]
-    speed_prompts = [prompts[i % len(prompts)] for i in range(args.speed_prompts)]
+    references = {name: [generation.reference(r, args.task, tokenizer.all_special_tokens) for r in rows]
+                  for name, _, rows in targets}
+    first_prompts = [r["prompt"] for r in targets[0][2]]
+    speed_prompts = [first_prompts[i % len(first_prompts)] for i in range(args.speed_prompts)]
 
     with tracking.step_run():
         tracking.log_params({"precision": args.precision, "execution_provider": args.execution_provider,
-                             "task": args.task, "n": len(rows), "speed_prompts": args.speed_prompts,
-                             "speed_tokens": args.speed_tokens})
+                             "task": args.task, "n": sum(len(rows) for _, _, rows in targets),
+                             "speed_prompts": args.speed_prompts, "speed_tokens": args.speed_tokens,
+                             "adapters": ",".join(name for name, _, _ in targets) if switchable else ""})
         with tempfile.TemporaryDirectory(prefix="slmops-optimize-") as work, \
                 atomic_dir(args.onnx_model) as onnx_out, atomic_dir(args.report) as report_out:
             hf_dir = stage_hf_folder(source, Path(work, "hf"))
             started = time.perf_counter()
-            build(hf_dir, onnx_out, args.precision, args.execution_provider, Path(work, "cache"))
+            files = {}
+            if switchable:
+                files = build_switchable(hf_dir, [(name, folder) for name, folder, _ in targets], onnx_out,
+                                         args.precision, args.execution_provider, Path(work))
+            else:
+                build(hf_dir, onnx_out, args.precision, args.execution_provider, Path(work, "cache"))
             build_s = time.perf_counter() - started
             copied = copy_tokenizer_files(Path(source.tokenizer), onnx_out)
 
@@ -198,48 +321,74 @@ def main(argv=None) -> dict:
                 config.append_provider(args.execution_provider)
             og_model = og.Model(config)
             og_tokenizer = og.Tokenizer(og_model)
+            og_adapters = multi.load_onnx_adapters(og_model, onnx_out)[0] if switchable else None
             torch_model = models.load_causal_lm(args.model, dtype=torch.float32).eval()
+            if switchable:  # PyTorch with PEFT: the same base, every adapter loaded, switched per call
+                torch_model = multi.load_peft(torch_model, {name: folder for name, folder, _ in targets})
             if args.execution_provider == "cuda" and torch.cuda.is_available():  # compare on the same device
                 torch_model = torch_model.to("cuda")
 
-            onnx_predictions = generation.ort_complete(og_model, og_tokenizer, prompts,
-                                                       max_new_tokens=args.max_new_tokens, batch_size=BATCH_SIZE)
-            torch_predictions = generation.torch_complete(torch_model, tokenizer, prompts,
-                                                          max_new_tokens=args.max_new_tokens, batch_size=BATCH_SIZE)
+            scores = score_targets(
+                args.task, targets,
+                lambda prompts, name: generation.ort_complete(og_model, og_tokenizer, prompts,
+                                                              max_new_tokens=args.max_new_tokens,
+                                                              batch_size=BATCH_SIZE, adapters=og_adapters,
+                                                              adapter=name),
+                lambda prompts, name: generation.torch_complete(torch_model, tokenizer, prompts,
+                                                                max_new_tokens=args.max_new_tokens,
+                                                                batch_size=BATCH_SIZE, adapter=name),
+                references)
+            first = targets[0][0]
             speeds = decode_speeds(
-                {"onnx": lambda p, **kw: generation.ort_generate(og_model, og_tokenizer, p, **kw),
-                 "pytorch": lambda p, **kw: generation.torch_generate(torch_model, tokenizer, p, **kw)},
+                {"onnx": lambda p, **kw: generation.ort_generate(og_model, og_tokenizer, p, adapters=og_adapters,
+                                                                 adapter=first, **kw),
+                 "pytorch": lambda p, **kw: generation.torch_generate(torch_model, tokenizer, p, adapter=first,
+                                                                      **kw)},
                 speed_prompts, args.speed_tokens)
             onnx_speed, torch_speed = speeds["onnx"], speeds["pytorch"]
-            del og_tokenizer, og_model, torch_model
+            del og_adapters, og_tokenizer, og_model, torch_model
 
-            onnx_accuracy = task_score(args.task, onnx_predictions, references)
-            torch_accuracy = task_score(args.task, torch_predictions, references)
+            # one target, or the adapter that lost the most (a gate on the top level then holds for each)
+            worst = max(scores.values(), key=lambda score: score["accuracy_drop"])
+            onnx_accuracy, torch_accuracy = worst["onnx"]["accuracy"], worst["pytorch"]["accuracy"]
             report = {
                 "precision": args.precision,
                 "execution_provider": args.execution_provider,
                 "task": args.task,
                 "accuracy_metric": "accuracy" if args.task == "classification" else "rouge_l",
                 "split": "test",
-                "n": len(rows),
+                "n": worst["n"],
                 "onnx": {"accuracy": onnx_accuracy, "tokens_per_s": onnx_speed, "size_mb": folder_mb(onnx_out),
                          "build_s": build_s},
                 "pytorch": {"accuracy": torch_accuracy, "tokens_per_s": torch_speed},
                 "speedup": onnx_speed / torch_speed,
-                "accuracy_drop": torch_accuracy - onnx_accuracy,
-                "agreement": metrics.accuracy(onnx_predictions, torch_predictions),
+                "accuracy_drop": worst["accuracy_drop"],
+                "agreement": worst["agreement"],
                 "speed": {"prompts": args.speed_prompts, "new_tokens": args.speed_tokens, "batch_size": 1},
                 "tokenizer_files_copied": copied,
             }
+            if switchable:
+                report["adapters"] = {name: {**score, "file": f"{multi.ADAPTERS_DIR}/{files[name].name}",
+                                             "size_mb": files[name].stat().st_size / 1e6}
+                                      for name, score in scores.items()}
+                report["speed"]["adapter"] = first
             write_json(report_out / "optimize_report.json", report)
 
         tracking.log_metrics({"onnx_accuracy": onnx_accuracy, "pytorch_accuracy": torch_accuracy,
                               "onnx_tokens_per_s": onnx_speed, "pytorch_tokens_per_s": torch_speed,
                               "speedup": report["speedup"], "accuracy_drop": report["accuracy_drop"],
                               "onnx_size_mb": report["onnx"]["size_mb"], "agreement": report["agreement"]})
+        if switchable:
+            tracking.log_metrics({f"{name}.{key}": value for name, score in scores.items()
+                                  for key, value in [("onnx_accuracy", score["onnx"]["accuracy"]),
+                                                     ("pytorch_accuracy", score["pytorch"]["accuracy"]),
+                                                     ("accuracy_drop", score["accuracy_drop"])]})
         tracking.log_artifact(Path(args.report) / "optimize_report.json", "optimize")
-    print(f"optimize: {args.precision}/{args.execution_provider} {report['onnx']['size_mb']:.1f} MB; "
-          f"accuracy ONNX {onnx_accuracy:.3f} vs PyTorch {torch_accuracy:.3f}; decode {onnx_speed:,.0f} vs "
+    for name, score in scores.items():
+        print(f"optimize: {name or 'model'}: accuracy ONNX {score['onnx']['accuracy']:.3f} vs PyTorch "
+              f"{score['pytorch']['accuracy']:.3f} on {score['n']} test rows")
+    print(f"optimize: {args.precision}/{args.execution_provider} {report['onnx']['size_mb']:.1f} MB"
+          f"{f' with {len(files)} switchable adapters' if switchable else ''}; decode {onnx_speed:,.0f} vs "
           f"{torch_speed:,.0f} tokens/s ({report['speedup']:.1f}x)")
     return report
 
