@@ -120,6 +120,51 @@ def test_early_stopping_on_eval_loss(prepared_data, tiny_model, tmp_path):
     assert summary["best_eval_loss"] == pytest.approx(summary["final_eval_loss"])
 
 
+# --- training knobs: passed to the trainer, and they change what is trained ----------------------------------
+
+def test_training_knobs_reach_the_trainer(prepared_data, tiny_model, tmp_path):
+    trainer, _ = make_trainer(prepared_data, tiny_model, tmp_path, "--optimizer", "adafactor", "--weight_decay",
+                              "0.01", "--max_grad_norm", "0.5", "--eval_batch_size", "32", "--dataloader_workers", "2")
+    a = trainer.args
+    assert (a.optim, a.weight_decay, a.max_grad_norm) == ("adafactor", 0.01, 0.5)
+    assert (a.per_device_train_batch_size, a.per_device_eval_batch_size, a.dataloader_num_workers) == (8, 32, 2)
+    defaults, _ = make_trainer(prepared_data, tiny_model, tmp_path / "defaults")
+    d = defaults.args
+    assert (d.optim, d.weight_decay, d.max_grad_norm, d.per_device_eval_batch_size, d.dataloader_num_workers) == \
+        ("adamw_torch_fused", 0.0, 1.0, 8, 0)  # eval batch = batch_size when unset
+
+
+def trained_weights(prepared_data, tiny_model, root: Path, *extra: str) -> dict:
+    """The trainable (LoRA) weights after 6 steps at a high learning rate, as float64 tensors by name."""
+    trainer, model = make_trainer(prepared_data, tiny_model, root, "--max_steps", "6", "--learning_rate", "0.02",
+                                  "--lr_scheduler", "constant", "--warmup_ratio", "0", "--eval_steps", "0",
+                                  "--save_steps", "0", *extra)
+    trainer.train()
+    return {n: p.detach().double().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_weight_decay_and_optimizer_change_the_trained_result(prepared_data, tiny_model, tmp_path):
+    """Same seed, data and steps: adamw_torch and the fused AdamW train the same weights; weight decay shrinks
+    them; SGD and Adafactor train different ones."""
+    import torch
+
+    def norm(weights):
+        return float(torch.sqrt(sum((w ** 2).sum() for w in weights.values())))
+
+    def distance(a, b):
+        return float(torch.sqrt(sum(((a[n] - b[n]) ** 2).sum() for n in a)))
+
+    base = trained_weights(prepared_data, tiny_model, tmp_path / "base")
+    assert distance(base, trained_weights(prepared_data, tiny_model, tmp_path / "again")) == 0.0  # deterministic
+    assert distance(base, trained_weights(prepared_data, tiny_model, tmp_path / "unfused",
+                                          "--optimizer", "adamw_torch")) < 1e-5 * norm(base)
+    decayed = trained_weights(prepared_data, tiny_model, tmp_path / "decay", "--weight_decay", "1.0")
+    assert norm(decayed) < norm(base) and distance(base, decayed) > 1e-3 * norm(base)
+    for optimizer in ("sgd", "adafactor"):
+        other = trained_weights(prepared_data, tiny_model, tmp_path / optimizer, "--optimizer", optimizer)
+        assert distance(base, other) > 0.05 * norm(base), optimizer
+
+
 # --- the batches the trainer builds (golden) -------------------------------------------------------------------
 
 def make_trainer(prepared_data, tiny_model, tmp_path, *extra):
@@ -224,6 +269,14 @@ BAD_CASES = [
     (["--early_stopping_patience", "2", "--eval_steps", "4", "--save_steps", "6"], "multiple of", None),
     (["--method", "qlora"], "needs bitsandbytes", "bitsandbytes"),
     (["--deepspeed", "zero3"], "needs the deepspeed package", "deepspeed"),
+    (["--optimizer", "adamw_8bit"], "--optimizer adamw_8bit needs bitsandbytes: pip install 'slmops[qlora]'",
+     "bitsandbytes"),
+    (["--optimizer", "adam"], "--optimizer: 'adam' is not one of", None),
+    (["--weight_decay", "1.5"], "--weight_decay: 1.5 is above the maximum 1.0", None),
+    (["--max_grad_norm", "-1"], "--max_grad_norm: -1.0 is below the minimum 0.0", None),
+    (["--eval_batch_size", "0"], "--eval_batch_size: 0 is below the minimum 1", None),
+    (["--dataloader_workers", "-1"], "--dataloader_workers: -1 is below the minimum 0", None),
+    (["--seed", "-1"], "--seed: -1 is below the minimum 0", None),
     (["--deepspeed", "zero9"], "--deepspeed: 'zero9' is not one of", None),
     (["--base_model", "/no/such/model"], "does not exist", None),
     (["--train_data", "/no/such/data"], "has no train.jsonl", None),

@@ -41,6 +41,9 @@ METHODS = ["full", "lora", "qlora", "dora"]
 BATCHING = ["padding_free", "packing", "padding"]
 SCHEDULERS = ["cosine", "linear", "constant", "constant_with_warmup"]
 PRECISIONS = ["auto", "fp32", "fp16", "bf16"]
+# transformers' optimizer names; adamw_torch_fused (the transformers default) and adamw_torch are the same AdamW,
+# adamw_8bit is bitsandbytes' 8-bit AdamW (optimizer state in 8 bits).
+OPTIMIZERS = ["adamw_torch_fused", "adamw_torch", "adamw_8bit", "adafactor", "sgd"]
 
 
 CONTRACT = Component(
@@ -67,10 +70,18 @@ CONTRACT = Component(
         Input("lr_scheduler", "string", "Learning-rate schedule after the warm-up.", default="cosine",
               enum=SCHEDULERS),
         Input("warmup_ratio", "number", "Fraction of the steps for linear warm-up.", default=0.03, min=0.0, max=0.5),
+        Input("optimizer", "string", "adamw_torch_fused / adamw_torch (AdamW), adamw_8bit (bitsandbytes 8-bit "
+              "AdamW), adafactor or sgd.", default="adamw_torch_fused", enum=OPTIMIZERS),
+        Input("weight_decay", "number", "Decoupled weight decay of the trained weights (0 = none; 0.01 against "
+              "over-fitting).", default=0.0, min=0.0, max=1.0),
+        Input("max_grad_norm", "number", "Clip the gradient norm to this value (0 = no clipping).", default=1.0,
+              min=0.0),
         Input("num_epochs", "number", "Epochs (ignored when max_steps > 0).", default=1, min=0.0),
         Input("max_steps", "integer", "Stop after this many optimizer steps (-1 = use num_epochs).", default=-1,
               min=-1),
         Input("batch_size", "integer", "Examples per device per step.", default=8, min=1),
+        Input("eval_batch_size", "integer", "Examples per device per evaluation step (unset = batch_size).",
+              optional=True, min=1),
         Input("gradient_accumulation_steps", "integer", "Micro-batches per optimizer step.", default=1, min=1),
         Input("gradient_checkpointing", "boolean", "Recompute activations in the backward pass (true/false).",
               default=False),
@@ -85,9 +96,12 @@ CONTRACT = Component(
         Input("logging_steps", "integer", "Log metrics every N steps.", default=10, min=1),
         Input("early_stopping_patience", "integer", "Stop after this many evaluations without a lower eval_loss "
               "(0 = off).", default=0, min=0),
+        Input("dataloader_workers", "integer", "Data-loader worker processes (0 = load in the training "
+              "process).", default=0, min=0, max=64),
         Input("deepspeed", "string", "DeepSpeed ZeRO stage (config shipped in slmops/deepspeed; needs the GPU "
               "image).", default="none", enum=["none", *DEEPSPEED_CONFIGS]),
-        Input("seed", "integer", "Seed for weights init, data order and dropout.", default=42),
+        Input("seed", "integer", "Seed for weights init, data order and dropout.", default=42, min=0,
+              max=2**32 - 1),
     ],
     outputs=[
         Output("adapter", "The PEFT adapter folder (for full: a README saying there is none)."),
@@ -138,6 +152,9 @@ def validate(args) -> None:
                             f"--eval_steps ({args.eval_steps}) so the best checkpoint is kept")
     if args.method == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
         problems.append("--method qlora needs bitsandbytes: pip install 'slmops[qlora]' (or use --method lora)")
+    if args.optimizer == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        problems.append("--optimizer adamw_8bit needs bitsandbytes: pip install 'slmops[qlora]' (or use "
+                        "--optimizer adamw_torch)")
     if args.deepspeed != "none" and importlib.util.find_spec("deepspeed") is None:
         problems.append(f"--deepspeed {args.deepspeed} needs the deepspeed package (GPU image): "
                         "pip install 'slmops[deepspeed]', or pass --deepspeed none")
@@ -211,7 +228,9 @@ def build_trainer(args, model, tokenizer, train_ds, eval_ds, longest: int, preci
         seed=args.seed, data_seed=args.seed,
         learning_rate=args.learning_rate, lr_scheduler_type=args.lr_scheduler, warmup_steps=args.warmup_ratio,
         num_train_epochs=args.num_epochs, max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
+        optim=args.optimizer, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.eval_batch_size or args.batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         activation_checkpointing=args.gradient_checkpointing,  # new name of gradient_checkpointing (TRL: default on)
         bf16=precision == "bf16", fp16=precision == "fp16",  # SFTConfig defaults bf16=True: always set both
@@ -226,7 +245,8 @@ def build_trainer(args, model, tokenizer, train_ds, eval_ds, longest: int, preci
         logging_steps=args.logging_steps, logging_first_step=True, report_to="none", disable_tqdm=True,
         include_num_input_tokens_seen="non_padding" if args.batching == "padding" else "all",
         use_cpu=not torch.cuda.is_available(),  # also what makes torchrun on CPU use gloo DDP
-        ddp_find_unused_parameters=False, dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
+        ddp_find_unused_parameters=False, dataloader_num_workers=args.dataloader_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
         deepspeed=str(DEEPSPEED_CONFIGS[args.deepspeed]) if args.deepspeed != "none" else None,
     )
     if early_stopping:
