@@ -13,7 +13,8 @@ turns prompt by prompt (interleaved, so a shared machine's load falls on all ali
 rounds. The bandwidth ceiling of a build is the machine's read bandwidth (a 512 MB array summed, and copied, in this
 process, medians of 5, between rounds) divided by the bytes a decode step must read: every weight initializer of
 the ONNX graph except the embedding table, which a step reads one row of. `--profile` runs one more pass of the
-first variant with ORT's profiler on and prints where decode time goes by operator type.
+first variant with ORT's profiler on and prints where decode time goes by operator type. Both runtimes get the same
+compute threads (`--threads`, default what `slmops.threads.choose()` picks for a step: the cores free at start).
 
 The output is a markdown table; `--json PATH` also writes the raw figures.
 """
@@ -33,6 +34,7 @@ VARIANTS = {  # name: (precision, builder extra options)
     "int4": ("int4", {}),                                   # the optimize step's default build
     "int4-b128": ("int4", {"block_size": "128"}),
     "int4-acc1": ("int4", {"accuracy_level": "1"}),         # fp32 activations instead of int8
+    "int4-prune": ("int4", {"prune_lm_head": "true"}),      # prefill computes the last position's logits only
     "int8": ("int8", {}),
     "fp32": ("fp32", {}),
 }
@@ -94,6 +96,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per timed prompt")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="profile the first variant's decode by op type")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="compute threads of both runtimes (default: slmops.threads.choose(), as the steps do)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     names = args.variants.split(",")
@@ -103,8 +107,11 @@ def main(argv=None) -> dict:
     import onnxruntime_genai as og
     import torch
 
-    from slmops import generation, metrics, models
+    from slmops import generation, metrics, models, threads
     from slmops.steps.optimize import stage_hf_folder
+
+    # both runtimes get the same threads, the count a step would take (ORT GenAI's own default is every core)
+    compute_threads = threads.apply({"OMP_NUM_THREADS": str(args.threads)} if args.threads else None)
 
     rows = generation.read_examples(args.data, args.rows)
     prompts = [r["prompt"] for r in rows]
@@ -122,7 +129,9 @@ def main(argv=None) -> dict:
     for name in names:
         started = time.perf_counter()
         out = build_variant(name, hf_dir, work / name, work / "cache")
-        og_model = og.Model(str(out))
+        config = og.Config(str(out))
+        config.overlay(threads.ort_overlay(compute_threads))
+        og_model = og.Model(config)
         og_tok = og.Tokenizer(og_model)
         runtimes[name] = (lambda m, t: lambda p, **kw: generation.ort_generate(m, t, p, **kw))(og_model, og_tok)
         predictions = generation.ort_complete(og_model, og_tok, prompts, max_new_tokens=16, batch_size=16)
@@ -154,12 +163,13 @@ def main(argv=None) -> dict:
             results[name]["of_ceiling"] = results[name]["tokens_per_s"] / ceiling
     report = {"results": results, "bandwidth_gbs": {k: statistics.median(v) for k, v in bandwidth.items()},
               "load_1min": loads, "rows": len(rows), "prompts": args.prompts, "tokens": args.tokens,
-              "rounds": args.rounds, "threads": torch.get_num_threads()}
+              "rounds": args.rounds, "threads": compute_threads}
     if args.profile:
-        report["profile"] = profile(work / names[0], timed, args.tokens)
+        report["profile"] = profile(work / names[0], timed, args.tokens, compute_threads)
 
     print(f"\nread bandwidth {report['bandwidth_gbs']['read']:.1f} GB/s (copy {report['bandwidth_gbs']['copy']:.1f}); "
-          f"load {min(loads):.1f}-{max(loads):.1f}; {len(rows)} test rows; batch 1, {args.prompts} prompts x "
+          f"load {min(loads):.1f}-{max(loads):.1f}; {compute_threads} compute thread(s) each; {len(rows)} test rows; "
+          f"batch 1, {args.prompts} prompts x "
           f"{args.tokens} tokens, median of {args.rounds} interleaved rounds\n")
     print("| runtime | accuracy | size MB | decode tok/s | vs PyTorch | ceiling tok/s | of ceiling |")
     print("|---|---|---|---|---|---|---|")
@@ -178,7 +188,7 @@ def main(argv=None) -> dict:
     return report
 
 
-def profile(onnx_dir: Path, prompts: list[str], tokens: int) -> dict:
+def profile(onnx_dir: Path, prompts: list[str], tokens: int, compute_threads: int) -> dict:
     """ms per decoded token by operator type, from ORT's profiler (a copy of the build with profiling on)."""
     import shutil
 
@@ -191,7 +201,7 @@ def profile(onnx_dir: Path, prompts: list[str], tokens: int) -> dict:
     config_path = copy / "genai_config.json"
     config = json.loads(config_path.read_text())
     prefix = str(copy / "ort_profile")
-    config["model"]["decoder"]["session_options"]["enable_profiling"] = prefix
+    config["model"]["decoder"]["session_options"].update(enable_profiling=prefix, intra_op_num_threads=compute_threads)
     config_path.write_text(json.dumps(config))
     model = og.Model(str(copy))
     tok = og.Tokenizer(model)
