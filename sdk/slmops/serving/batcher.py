@@ -9,8 +9,9 @@ tokenizer are never used from two threads) and loops:
    (more than one request, or requests queued behind it): a lone request on an idle server starts at once;
 2. prepare each request alone: render chat `messages`, encode, check prompt + max_new_tokens against the context.
    A request that fails here gets its own 400 (or error); the others go on;
-3. batch the oldest request's temperature (one temperature per generation call; greedy requests batch together),
-   oldest first, as long as the batch's widest prompt + largest max_new_tokens fits the context; the rest wait
+3. batch the oldest request's temperature and adapter (one temperature and one adapter per generation call: greedy
+   requests for the same adapter batch together; a multi-adapter model switches adapters between calls), oldest
+   first, as long as the batch's widest prompt + largest max_new_tokens fits the context; the rest wait
    for the next round, ahead of newer requests;
 4. one `model.complete(prompts, max_new_tokens, temperature)` call - `generation.torch_completions` /
    `ort_completions`, each prompt with its own max_new_tokens (a row stops at its limit or its end token) - and
@@ -58,6 +59,7 @@ class Request:
     messages: list | None
     max_new_tokens: int
     temperature: float
+    adapter: str | None = None   # the adapter of a multi-adapter model (slmops.adapters); None: the one model
     arrived: float = field(default_factory=time.monotonic)
     text: str = ""               # the prompt to generate from (set by prepare)
     n_prompt: int = 0            # its token count (BOS rule applied)
@@ -83,14 +85,15 @@ def prepare(model, req: Request) -> None:
 
 
 def take_batch(pending: list[Request], max_batch: int, context_length: int) -> list[Request]:
-    """The next batch out of `pending` (oldest first, all prepared): the oldest request's temperature, in arrival
-    order, while the widest prompt + the largest max_new_tokens fits the context. Removes them from `pending`."""
-    temperature = pending[0].temperature
+    """The next batch out of `pending` (oldest first, all prepared): the oldest request's temperature and adapter,
+    in arrival order, while the widest prompt + the largest max_new_tokens fits the context. Removes them from
+    `pending`."""
+    temperature, adapter = pending[0].temperature, pending[0].adapter
     batch, width, longest = [], 0, 0
     for req in pending:
         if len(batch) == max_batch:
             break
-        if req.temperature != temperature:
+        if req.temperature != temperature or req.adapter != adapter:
             continue
         if batch and max(width, req.n_prompt) + max(longest, req.max_new_tokens) > context_length:
             continue
@@ -104,8 +107,11 @@ def take_batch(pending: list[Request], max_batch: int, context_length: int) -> l
 def generate(model, batch: list[Request]) -> int:
     """One batched generation for `batch`; when it raises, each request again on its own. Returns the number of
     generation calls made."""
+    # every request of a batch has the same adapter (take_batch); a model without adapters never gets the argument
+    adapter = {"adapter": batch[0].adapter} if batch[0].adapter is not None else {}
     try:
-        done = model.complete([r.text for r in batch], [r.max_new_tokens for r in batch], batch[0].temperature)
+        done = model.complete([r.text for r in batch], [r.max_new_tokens for r in batch], batch[0].temperature,
+                              **adapter)
     except Exception as exc:
         if len(batch) == 1:
             batch[0].finish(error=exc)
@@ -140,9 +146,11 @@ class Batcher:
         self._pid = None
         self._closed = False
 
-    def submit(self, prompt: str | None, messages: list | None, max_new_tokens: int, temperature: float):
-        """The Completion for one request; raises Rejected (a 400 for this request) or the generation's error."""
-        req = Request(prompt, messages, max_new_tokens, float(temperature))
+    def submit(self, prompt: str | None, messages: list | None, max_new_tokens: int, temperature: float,
+               adapter: str | None = None):
+        """The Completion for one request (`adapter`: which adapter of a multi-adapter model answers it); raises
+        Rejected (a 400 for this request) or the generation's error."""
+        req = Request(prompt, messages, max_new_tokens, float(temperature), adapter)
         if self.max_batch == 1:
             with self._lock:
                 prepare(self.model, req)

@@ -15,6 +15,13 @@ chat rendering, BOS rule, end-of-sequence ids, cut and decoding, so a greedy ans
 Requests that arrive together are generated together (`slmops.serving.batcher`): up to SLMOPS_MAX_BATCH (8) per
 call, gathered for up to SLMOPS_BATCH_WAIT_MS (5) ms; SLMOPS_MAX_BATCH=1 generates one request at a time.
 The schema is published by the server at GET /swagger.json (from the inference-schema decorators below).
+
+Several adapters on one base (`slmops.adapters`: the model folder has an `adapters/` folder - `<name>.onnx_adapter`
+files written by `optimize --adapter_N`, or PEFT adapter folders beside a PyTorch base): one copy of the base is
+loaded with every adapter, and each request names its adapter (`"adapter": "tone"`); a request without one, or
+naming one the model does not have, is a 400 listing the available adapters. The response then also carries
+`"adapter"`. Requests for the same adapter are batched together; PyTorch switches with PEFT's `set_adapter`, ORT
+GenAI with `generator.set_active_adapter`.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from azureml_inference_server_http.api.aml_response import AMLResponse
 from inference_schema.parameter_types.standard_py_parameter_type import StandardPythonParameterType
 from inference_schema.schema_decorators import input_schema, output_schema
 
+from slmops import adapters as multi
 from slmops import generation
 from slmops.serving import batcher
 
@@ -75,6 +83,7 @@ class OrtGenAIModel:
 
         self.model = og.Model(str(folder))
         self.tokenizer = og.Tokenizer(self.model)
+        self.og_adapters, self.adapters = multi.load_onnx_adapters(self.model, folder)  # [] without adapters/
         config = json.loads((folder / "genai_config.json").read_text())
         self.context_length = int(config["model"]["context_length"])
 
@@ -84,14 +93,16 @@ class OrtGenAIModel:
     def encode(self, prompt: str) -> list[int]:
         return generation.ort_encode(self.tokenizer, prompt)
 
-    def complete(self, prompts: list[str], max_new_tokens: list[int], temperature: float):
+    def complete(self, prompts: list[str], max_new_tokens: list[int], temperature: float, adapter: str | None = None):
         return generation.ort_completions(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                          batch_size=len(prompts), temperature=temperature)
+                                          batch_size=len(prompts), temperature=temperature,
+                                          adapters=self.og_adapters, adapter=adapter)
 
 
 class TorchModel:
-    """A PyTorch causal LM: an MLflow `mlflow.transformers` folder or a Hugging Face folder (merged, no PEFT),
-    loaded in float32 and generating through `slmops.generation` exactly as the evaluate step measures it."""
+    """A PyTorch causal LM: an MLflow `mlflow.transformers` folder or a Hugging Face folder (merged, no PEFT; or a
+    base with PEFT adapters in `adapters/`, all loaded once), in float32 and generating through `slmops.generation`
+    exactly as the evaluate step measures it."""
 
     kind = "pytorch"
 
@@ -102,6 +113,9 @@ class TorchModel:
 
         self.tokenizer = load_tokenizer(folder)
         self.model = load_causal_lm(folder, dtype=torch.float32).eval()  # evaluate's dtype
+        self.adapters = multi.peft_names(folder)
+        if self.adapters:  # one base, every adapter loaded on it (PEFT), switched per batch
+            self.model = multi.load_peft(self.model, {n: folder / multi.ADAPTERS_DIR / n for n in self.adapters})
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 10**9)
 
     def render_chat(self, messages: list[dict]) -> str:
@@ -110,9 +124,9 @@ class TorchModel:
     def encode(self, prompt: str) -> list[int]:
         return generation.torch_encode(self.tokenizer, prompt)
 
-    def complete(self, prompts: list[str], max_new_tokens: list[int], temperature: float):
+    def complete(self, prompts: list[str], max_new_tokens: list[int], temperature: float, adapter: str | None = None):
         return generation.torch_completions(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                            batch_size=len(prompts), temperature=temperature)
+                                            batch_size=len(prompts), temperature=temperature, adapter=adapter)
 
 
 def load_model(folder: Path):
@@ -159,8 +173,21 @@ def init():
     if BATCHER is not None:
         BATCHER.close()
     BATCHER = batcher.Batcher(MODEL, max_batch=max_batch, wait_s=wait_s)
-    logger.info("slmops: serving %s model from %s (context %d), batches of up to %d gathered for %.1f ms",
-                MODEL.kind, folder, MODEL.context_length, max_batch, wait_s * 1000)
+    logger.info("slmops: serving %s model from %s (context %d%s), batches of up to %d gathered for %.1f ms",
+                MODEL.kind, folder, MODEL.context_length,
+                f", adapters {MODEL.adapters}" if MODEL.adapters else "", max_batch, wait_s * 1000)
+
+
+def adapter_problems(adapter, available: list[str]) -> list[str]:
+    """The request's `adapter` against the model's adapters ([] for a model without them)."""
+    if not available:
+        return [] if adapter is None else [f"'adapter' is {adapter!r}, but this endpoint serves one model without "
+                                           "adapters; drop 'adapter'"]
+    if adapter is None:
+        return [f"this endpoint serves several adapters on one base: name one with 'adapter', one of {available}"]
+    if adapter not in available:
+        return [f"unknown adapter {adapter!r}; this endpoint serves the adapters {available}"]
+    return []
 
 
 def request_problems(messages, prompt, max_new_tokens, temperature) -> list[str]:
@@ -208,16 +235,21 @@ def bad_request(problems: list[str]) -> AMLResponse:
 @input_schema("max_new_tokens", StandardPythonParameterType(DEFAULT_MAX_NEW_TOKENS), convert_to_provided_type=False,
               optional=True)
 @input_schema("temperature", StandardPythonParameterType(0.0), convert_to_provided_type=False, optional=True)
+@input_schema("adapter", StandardPythonParameterType("tone"), convert_to_provided_type=False, optional=True)
 @output_schema(StandardPythonParameterType(SAMPLE_OUTPUT))
-def run(prompt=None, messages=None, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, temperature=0.0):
+def run(prompt=None, messages=None, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, temperature=0.0, adapter=None):
     """Generate a completion for one request (the inference server passes the JSON body's keys as arguments); the
-    batcher generates it together with the requests other threads submit at the same time."""
-    problems = request_problems(messages, prompt, max_new_tokens, temperature)
+    batcher generates it together with the requests other threads submit at the same time (and the same adapter)."""
+    problems = request_problems(messages, prompt, max_new_tokens, temperature) + \
+        adapter_problems(adapter, MODEL.adapters)
     if problems:
         return bad_request(problems)
     try:
-        done = BATCHER.submit(prompt, messages, max_new_tokens, float(temperature))
+        done = BATCHER.submit(prompt, messages, max_new_tokens, float(temperature), adapter)
     except batcher.Rejected as exc:  # e.g. longer than the context: a 400 for this request alone
         return bad_request(exc.problems)
-    return {"text": done.text, "prompt_tokens": done.prompt_tokens, "completion_tokens": len(done.ids),
-            "finish_reason": done.finish_reason, "model": MODEL.name}
+    reply = {"text": done.text, "prompt_tokens": done.prompt_tokens, "completion_tokens": len(done.ids),
+             "finish_reason": done.finish_reason, "model": MODEL.name}
+    if MODEL.adapters:
+        reply["adapter"] = adapter
+    return reply
