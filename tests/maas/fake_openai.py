@@ -97,6 +97,7 @@ class FakeOpenAI:
                                  "validation_file": body.get("validation_file"), "fine_tuned_model": None,
                                  "finished_at": None, "organization_id": "org-1", "result_files": [],
                                  "seed": body.get("seed", 7), "trained_tokens": None, "error": None,
+                                 "metadata": body.get("metadata"),
                                  "hyperparameters": {"n_epochs": hyper.get("n_epochs", "auto")}}
             return httpx.Response(200, json=self.jobs[job_id])
         if m := re.fullmatch(r"/fine_tuning/jobs/([^/]+)(/\w+)?", path):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 COMMANDS = [["maas"], ["maas", "export"], ["maas", "submit"], ["maas", "status"], ["maas", "events"],
-            ["maas", "logs"], ["maas", "checkpoints"], ["maas", "cancel"], ["maas", "score"], ["kaito"],
+            ["maas", "logs"], ["maas", "checkpoints"], ["maas", "cancel"], ["maas", "score"], ["maas", "register"],
+            ["kaito"],
             ["kaito", "manifest"]]
 
 
@@ -24,7 +25,7 @@ def test_maas_imports_only_the_lower_layers_and_nothing_imports_it():
     from tests.test_layers import MODULES, slmops_imports
 
     allowed = ("slmops.maas", "slmops.data", "slmops.errors", "slmops.io", "slmops.metrics", "slmops.azure.workspace",
-               "slmops")
+               "slmops.registration", "slmops.registry", "slmops.tracking", "slmops")
     bad = [f"{name} imports {target}" for name, path in MODULES.items() if name.startswith("slmops.maas")
            for target in slmops_imports(path) if not (target in allowed or target.startswith("slmops.maas"))]
     assert not bad

@@ -19,7 +19,8 @@ MODEL = "azureml://registries/azureml/models/Phi-4-mini-instruct/versions/1"
 
 
 class FakeFoundry(FakeAzureML):
-    """FakeAzureML plus data versions (GET 404 until PUT) and child jobs of a fine-tuning job."""
+    """FakeAzureML plus data versions (GET 404 until PUT), child jobs of a fine-tuning job, and the model versions
+    a job registers (seeded in `resources` at /models/<name>/versions/<version>)."""
 
     def route(self, request, method, path, query, body):
         if re.fullmatch(r"/data/[^/]+/versions/[^/]+", path):
@@ -29,6 +30,10 @@ class FakeFoundry(FakeAzureML):
                 return _response(request, 201, stored)
             if method == "GET" and path in self.resources:
                 return _response(request, 200, self.resources[path])
+        if method == "GET" and (m := re.fullmatch(r"/models/([^/]+)/versions", path)):
+            # what models.get(name, label="latest") lists: the newest version first ($orderBy, $top=1)
+            versions = [r for p, r in self.resources.items() if p.startswith(f"/models/{m[1]}/versions/")]
+            return _response(request, 200, {"value": versions[::-1][:int(query.get("$top", len(versions)))]})
         return super().route(request, method, path, query, body)
 
 

@@ -524,7 +524,197 @@ maas.add_command(events, "logs")
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Registering a hosted fine-tune
+
+
+@maas.command("register")
+@click.option("--model-name", "--model_name", "model_name", required=True,
+              help="Registered model name in our registry (MLFLOW_TRACKING_URI): letters, digits, '.', '_', '-'.")
+@click.option("--score-endpoint", required=True,
+              help="Where the fine-tune is deployed: an Azure OpenAI resource URL or an OpenAI-compatible base URL "
+                   "(.../v1: OpenAI, Foundry serverless). Scored on the test rows now; the metrics feed the gate.")
+@click.option("--deployment", required=True, help="The deployment (Azure OpenAI) or model name at --score-endpoint.")
+@click.option("--test-data", "source", required=True, type=click.Path(exists=True, path_type=Path),
+              help="prep's output folder (test.jsonl; data_report.json gives the dataset hash) or a held-out data "
+                   "file read with the data options.")
+@data_options
+@click.option("--baseline", type=click.Path(exists=True, path_type=Path),
+              help="evaluate's metrics.json (or its folder) for the same prep output: the base model and prompt "
+                   "baselines that --min-gain and --min-gain-over-prompt compare with.")
+@click.option("--min-accuracy", "--min_accuracy", "min_accuracy", type=click.FloatRange(0, 1),
+              help="Gate: the deployment's accuracy on the test rows must be at least this.")
+@click.option("--min-gain", "--min_gain", "min_gain", type=click.FloatRange(-1, 1),
+              help="Gate: its accuracy minus the base model's (--baseline) must be at least this.")
+@click.option("--min-gain-over-prompt", "--min_gain_over_prompt", "min_gain_over_prompt", type=click.FloatRange(-1, 1),
+              help="Gate: its accuracy minus the best prompt baseline's (--baseline) must be at least this.")
+@click.option("--alias", default="candidate", show_default=True, help="Alias set on the new version.")
+@click.option("--training-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The exported JSONL the job trained on: hashed into the lineage (checked against the job's "
+                   "record); needed when the job records no hash (Azure OpenAI).")
+@click.option("--validation-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The exported validation JSONL, hashed the same way.")
+@click.option("--max-tokens", type=click.IntRange(1), default=32, show_default=True, help="Completion tokens cap.")
+@click.option("--key-env", help="Variable holding the scoring key (default AZURE_OPENAI_API_KEY for Azure hosts, "
+                                "else OPENAI_API_KEY); Azure hosts fall back to Entra ID.")
+@click.option("--no-key", is_flag=True, help="Score without a key (an endpoint without auth).")
+@click.option("--price-table", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="JSON overriding the packaged prices (cost per 1k requests of the fine-tuned model).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write registration.json here.")
+@job_command
+def register_hosted(ctx, job, model_name, score_endpoint, deployment, source, baseline, min_accuracy, min_gain,
+                    min_gain_over_prompt, alias, training_file, validation_file, max_tokens, key_env, no_key,
+                    price_table, out, service, endpoint, api_version, no_entra, subscription, resource_group,
+                    workspace, **kw):
+    """Register a succeeded hosted fine-tune in our registry: scored on the test rows, gated, with lineage tags.
+
+    The version holds no weights (they stay with the service): its folder describes the hosted model. A failed
+    gate registers nothing and exits 3, as the register step does."""
+    from slmops import registration, registry, tracking
+    from slmops.errors import GateFailed
+    from slmops.io import write_json
+    from slmops.maas import export as exporting
+    from slmops.maas import foundry, openai_ft
+    from slmops.maas import register as hosting
+
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    thresholds = {"min_accuracy": min_accuracy, "min_gain": min_gain, "min_gain_over_prompt": min_gain_over_prompt}
+    problems = []
+    if not tracking_uri:
+        problems.append("MLFLOW_TRACKING_URI is not set: registering needs our model registry; set it, e.g. "
+                        "MLFLOW_TRACKING_URI=sqlite:///mlflow.db, or the workspace's MLflow URI")
+    if not registration.NAME_RE.match(model_name):
+        problems.append(f"--model-name {model_name!r}: use letters, digits, '.', '_' and '-' only")
+    if not registration.alias_ok(alias):
+        problems.append(f"--alias {alias!r}: use letters, digits, '_' and '-' only; 'latest' and 'v<N>' are reserved "
+                        "by MLflow")
+    baseline_metrics = None
+    if baseline is not None:
+        try:
+            baseline_metrics = hosting.read_baseline(baseline)
+        except UserError as exc:
+            problems.append(str(exc))
+    if baseline is None or baseline_metrics is not None:
+        problems += hosting.baseline_problems(baseline_metrics, thresholds)
+    if problems:
+        raise UserError(f"cannot register {job}; nothing was registered", problems=problems)
+    conversations = _test_rows(source, "test", _options(kw))
+
+    endpoint = endpoint or os.environ.get("AZURE_OPENAI_ENDPOINT")
+    kind = _service_for_job(service, job, endpoint)
+    given = {name: (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size)
+             for name, path in (("training", training_file), ("validation", validation_file)) if path is not None}
+
+    def foundry_call(client, name):
+        info = foundry.status(client, name)
+        done = info["status"] == hosting.SUCCEEDED["foundry"] and info["output_model"]
+        return hosting.from_foundry(info, foundry.model_version(client, info["output_model"]) if done else None), {}
+
+    def openai_call(client, name):
+        record = hosting.from_openai(openai_ft.status(client, name), kind, endpoint)
+        sizes = {}  # the uploaded files' sizes, to check the files given against
+        if record["status"] == hosting.SUCCEEDED[kind]:
+            sizes = {which: openai_ft.file_bytes(client, record[f"{which}_file"]) for which in given
+                     if record[f"{which}_file"]}
+        return record, sizes
+
+    _, (record, sizes) = _job_verb(ctx, job, kind, endpoint, api_version, no_entra,
+                                   (subscription, resource_group, workspace), "read", foundry_call, openai_call)
+    problems = hosting.file_hashes(record, given, sizes) if record["status"] == hosting.SUCCEEDED[kind] else []
+    problems += hosting.check_record(record)
+    if problems:
+        raise UserError(f"cannot register {job}; nothing was registered", problems=problems)
+
+    task = "classification" if any(c.label is not None for c in conversations) else "generation"
+    limits = exporting.limits_for(exporting.load_table(price_table), record["base_model"])
+    prices = {"input_per_1m": limits.get("input_per_1m"), "output_per_1m": limits.get("output_per_1m")}
+    variant = _score_deployment(ctx, score_endpoint, deployment, conversations, task=task,
+                                label=f"hosted fine-tune ({record['fine_tuned_model']})", max_tokens=max_tokens,
+                                key_env=key_env, no_key=no_key, api_version=api_version, prices=prices)
+    if problems := hosting.gate_problems(variant, baseline_metrics, thresholds):
+        raise UserError(f"cannot gate {job}; nothing was registered", problems=problems)
+    metrics = hosting.gate_metrics(variant, baseline_metrics)
+    checks = registration.gate_checks(metrics, None, **thresholds)
+    failed = [c for c in checks if not c["passed"]]
+    test_file = source / "test.jsonl" if source.is_dir() else source
+    data_report = source / "data_report.json" if source.is_dir() else None
+    dataset_sha = (json.loads(data_report.read_text()).get("sha256")
+                   if data_report is not None and data_report.is_file() else None)
+
+    with tracking.step_run() as run:
+        tracking.set_tags({"gate": "failed" if failed else "passed", "gate.checks": registry.tags_json(checks),
+                           "maas.job_id": job})
+        tracking.log_metrics({f"gate.{c['name']}": c["value"] for c in checks})
+        if failed:
+            raise GateFailed(f"quality gate failed ({len(failed)} of {len(checks)} checks); nothing registered",
+                             problems=[c["detail"] for c in failed])
+        if not checks:
+            click.echo("no gate thresholds given (--min-accuracy/--min-gain/--min-gain-over-prompt); registering "
+                       "without a quality gate (gate=none: promote refuses it)")
+        commit = registration.git_commit(tracking_uri, run.info.run_id)
+        lin = hosting.lineage(record, metrics, commit=commit, dataset_sha256=dataset_sha,
+                              test_data_sha256=hashlib.sha256(test_file.read_bytes()).hexdigest(),
+                              pipeline_run_id=os.environ.get("AZUREML_ROOT_RUN_ID"))
+        tags = {**registration.version_tags(lin, checks, run.info.run_id), **hosting.hosted_tags(record, variant)}
+        with tempfile.TemporaryDirectory(prefix="slmops-maas-") as tmp:
+            folder = hosting.write_card(Path(tmp) / hosting.ARTIFACT_PATH, record, variant, checks)
+            version, previous = hosting.register(tracking_uri, run.info.run_id, folder, model_name, tags, alias)
+        tracking.set_tags({"registered_model": f"{model_name}/{version}"})
+    result = {"name": model_name, "version": version, "alias": alias, "previous_alias_version": previous,
+              "hosted_model": record,
+              "gate": {"passed": True, "checks": checks, "verdict": registry.gate_verdict(checks)},
+              "lineage": {**lin, "step_run_id": run.info.run_id}, "tracking_uri": tracking_uri}
+    if out:
+        write_json(out, result)
+    metric = "accuracy" if "accuracy" in variant else "rouge_l"
+    click.echo(f"registered {model_name} version {version} @{alias}: {record['fine_tuned_model']} "
+               f"({record['service']} job {record['job_id']}); {metric} {variant[metric]:.3f} on {variant['n']} test "
+               f"rows; gate {registry.gate_verdict(checks)} ({len(checks)} checks)")
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Scoring a hosted deployment
+
+
+def _test_rows(source: Path, split: str, options) -> list:
+    """The rows to score, or a UserError listing every problem in them (nothing is sent)."""
+    from slmops.data import cap
+    from slmops.maas import export as exporting
+
+    conversations, problems = exporting.load_conversations(source, options, split=split)
+    problems += [p for c in conversations for p in exporting.check_messages(c)]
+    if problems:
+        raise UserError(f"{len(problems)} problem(s) in the test rows; nothing was sent", problems=cap(problems, 200))
+    return conversations
+
+
+def _score_deployment(ctx, endpoint, deployment, conversations, *, task, label, max_tokens, key_env, no_key,
+                      api_version, prices) -> dict:
+    """Score `deployment` at `endpoint` on the rows (score.score); the key from the environment (`key_env`, else
+    AZURE_OPENAI_API_KEY for Azure hosts, OPENAI_API_KEY otherwise), Entra ID for Azure hosts without one."""
+    from slmops.data import cap
+    from slmops.maas import openai_ft
+    from slmops.maas import score as scoring
+
+    azure = openai_ft.is_azure_host(endpoint)
+    variable = key_env or ("AZURE_OPENAI_API_KEY" if azure else "OPENAI_API_KEY")
+    key = None if no_key else os.environ.get(variable) or None
+    provider = None
+    injected = ctx.obj or {}
+    if key is None and not no_key:
+        if not azure:
+            raise UserError(f"no key for {endpoint}: set {variable} (or --key-env VAR), or pass --no-key for an "
+                            "endpoint without auth")
+        from slmops.azure.workspace import default_credential
+
+        provider = openai_ft.entra_token_provider(injected.get("credential") or default_credential())
+    client = scoring.chat_client(endpoint, api_key=key, token_provider=provider, api_version=api_version,
+                                 http_client=injected.get("http_client"))
+    with openai_ft.service_errors(f"score {deployment}"):
+        variant = scoring.score(client, deployment, conversations, task=task, label=label, max_tokens=max_tokens,
+                                prices=prices, endpoint=endpoint)
+    if variant["n"] == 0:
+        raise UserError(f"every request to {deployment} failed", problems=cap(variant["errors"], 20))
+    return variant
 
 
 @maas.command()
@@ -556,16 +746,10 @@ maas.add_command(events, "logs")
 def score(ctx, endpoint, deployment, source, split, task, variant_label, max_tokens, limit, key_env, no_key,
           api_version, model, price_table, input_price, output_price, out, **kw):
     """Score a hosted chat deployment on the test rows; write a variant in evaluate's shape."""
-    from slmops.data import cap
     from slmops.io import write_json
     from slmops.maas import export as exporting
-    from slmops.maas import openai_ft
-    from slmops.maas import score as scoring
 
-    conversations, problems = exporting.load_conversations(source, _options(kw), split=split)
-    problems += [p for c in conversations for p in exporting.check_messages(c)]
-    if problems:
-        raise UserError(f"{len(problems)} problem(s) in the test rows; nothing was sent", problems=cap(problems, 200))
+    conversations = _test_rows(source, split, _options(kw))
     if limit:
         conversations = conversations[:limit]
     if task == "auto":
@@ -573,27 +757,9 @@ def score(ctx, endpoint, deployment, source, split, task, variant_label, max_tok
     limits = exporting.limits_for(exporting.load_table(price_table), model)
     prices = {"input_per_1m": input_price if input_price is not None else limits.get("input_per_1m"),
               "output_per_1m": output_price if output_price is not None else limits.get("output_per_1m")}
-    env = dict(os.environ)
-    azure = openai_ft.is_azure_host(endpoint)
-    variable = key_env or ("AZURE_OPENAI_API_KEY" if azure else "OPENAI_API_KEY")
-    key = None if no_key else env.get(variable) or None
-    provider = None
-    injected = ctx.obj or {}
-    if key is None and not no_key:
-        if not azure:
-            raise UserError(f"no key for {endpoint}: set {variable} (or --key-env VAR), or pass --no-key for an "
-                            "endpoint without auth")
-        from slmops.azure.workspace import default_credential
-
-        provider = openai_ft.entra_token_provider(injected.get("credential") or default_credential())
-    client = scoring.chat_client(endpoint, api_key=key, token_provider=provider, api_version=api_version,
-                                 http_client=injected.get("http_client"))
-    with openai_ft.service_errors(f"score {deployment}"):
-        variant = scoring.score(client, deployment, conversations, task=task,
-                                label=variant_label or f"hosted {deployment}", max_tokens=max_tokens, prices=prices,
-                                endpoint=endpoint)
-    if variant["n"] == 0:
-        raise UserError(f"every request to {deployment} failed", problems=cap(variant["errors"], 20))
+    variant = _score_deployment(ctx, endpoint, deployment, conversations, task=task,
+                                label=variant_label or f"hosted {deployment}", max_tokens=max_tokens,
+                                key_env=key_env, no_key=no_key, api_version=api_version, prices=prices)
     write_json(out, variant)
     metric = ("accuracy", "accuracy_ci") if task == "classification" else ("rouge_l", "rouge_l_ci")
     low, high = variant[metric[1]]

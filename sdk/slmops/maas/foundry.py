@@ -139,13 +139,30 @@ def output_model(job) -> str | None:
     return getattr(out, "name", None) or (out.get("name") if isinstance(out, dict) else None)
 
 
+def _path(value) -> str | None:
+    return getattr(value, "path", value)
+
+
 def status(ml_client, name: str) -> dict:
     job = ml_client.jobs.get(name)
     state = _text(job.status)
     model = output_model(job)
     return {"service": "foundry", "id": job.name, "status": state, "studio_url": job.studio_url,
             "output_model": model, "registered_model": f"azureml:{model}" if model and state == "Completed" else None,
-            "tags": dict(job.tags or {})}
+            "model": _path(job.model), "training_data": _path(job.training_data),
+            "validation_data": _path(job.validation_data), "tags": dict(job.tags or {})}
+
+
+def model_version(ml_client, name: str) -> dict | None:
+    """The latest version of the model a job registered (`GET .../models/<name>/versions`, newest first), or None."""
+    from azure.core.exceptions import ResourceNotFoundError
+    from azure.ai.ml.exceptions import ValidationException
+
+    try:
+        model = ml_client.models.get(name, label="latest")
+    except (ResourceNotFoundError, ValidationException):
+        return None
+    return {"name": model.name, "version": str(model.version), "id": model.id}
 
 
 def events(ml_client, name: str) -> list[dict]:

@@ -223,7 +223,12 @@ def describe(job) -> dict:
             "validation_file": getattr(job, "validation_file", None),
             "hyperparameters": hyper.model_dump(exclude_none=True) if hasattr(hyper, "model_dump") else hyper,
             "created_at": job.created_at, "finished_at": getattr(job, "finished_at", None),
-            "error": error or None}
+            "metadata": getattr(job, "metadata", None) or None, "error": error or None}
+
+
+def file_bytes(client, file_id: str) -> int | None:
+    """The size of an uploaded file (`GET /files/<id>`), as the service recorded it."""
+    return getattr(client.files.retrieve(file_id), "bytes", None)
 
 
 def status(client, job_id: str) -> dict:

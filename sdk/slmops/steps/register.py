@@ -29,21 +29,17 @@ import argparse
 import contextlib
 import json
 import os
-import re
-import subprocess
+import subprocess  # noqa: F401  (tests patch register.subprocess.run; git runs in slmops.registration)
 from pathlib import Path
 
-import slmops
-from slmops import contract, registry, tracking, weights
+from slmops import contract, registration, registry, tracking, weights
 from slmops.contract import Component, Input, Output
 from slmops.errors import GateFailed, UserError, run_main
 from slmops.io import atomic_dir, write_json
 
-_NAME_RE = re.compile(r"^[\w.\-]+$")
-_ALIAS_RE = re.compile(r"^[\w\-]+$")
-GIT_COMMIT_TAG = "mlflow.source.git.commit"
-PROMPT_BASELINES = ("base_zero_shot", "base_k_shot")  # evaluate's variants of the base model with a prompt
-TEST_SPLIT = "test"  # the only split the gate reads evaluate's figures from
+GIT_COMMIT_TAG = registration.GIT_COMMIT_TAG
+PROMPT_BASELINES = registration.PROMPT_BASELINES  # evaluate's variants of the base model with a prompt
+TEST_SPLIT = registration.TEST_SPLIT  # the only split the gate reads evaluate's figures from
 
 
 CONTRACT = Component(
@@ -107,15 +103,6 @@ def _read_json(folder: str | None, filename: str, flag: str, problems: list[str]
     return value
 
 
-def _number(obj: dict | None, *keys: str):
-    """obj[k1][k2]... when it is a number, else None."""
-    for key in keys:
-        if not isinstance(obj, dict):
-            return None
-        obj = obj.get(key)
-    return obj if isinstance(obj, (int, float)) and not isinstance(obj, bool) else None
-
-
 def validate(args: argparse.Namespace, tracking_uri: str | None) -> dict:
     """Check every argument and input file; raise one UserError listing all problems. Returns the loaded
     reports: {"metrics", "data_report", "optimize"} (optimize is None without --optimize_report)."""
@@ -132,9 +119,9 @@ def validate(args: argparse.Namespace, tracking_uri: str | None) -> dict:
         if not onnx.is_dir() or not any(onnx.rglob("*.onnx")):
             problems.append(f"--onnx_model {args.onnx_model!r} is not a folder with an .onnx file; "
                             f"pass optimize's onnx_model output")
-    if not _NAME_RE.match(args.model_name):
+    if not registration.NAME_RE.match(args.model_name):
         problems.append(f"--model_name {args.model_name!r}: use letters, digits, '.', '_' and '-' only")
-    if not _ALIAS_RE.match(args.alias) or args.alias == "latest" or re.fullmatch(r"[vV]\d+", args.alias):
+    if not registration.alias_ok(args.alias):
         problems.append(f"--alias {args.alias!r}: use letters, digits, '_' and '-' only; 'latest' and 'v<N>' "
                         f"are reserved by MLflow")
 
@@ -160,22 +147,22 @@ def validate(args: argparse.Namespace, tracking_uri: str | None) -> dict:
             scored = "names no split" if split is None else f"was scored on the {split!r} split"
             problems.append(f"{', '.join(eval_gates)}: metrics.json {scored}; the gate reads test-split figures "
                             "only: re-run evaluate with this version of slmops (it scores prep's test.jsonl)")
-        if args.min_gain_over_prompt is not None and (_number(metrics, "finetuned", "accuracy") is None
-                                                      or best_prompt(metrics) is None):
+        if args.min_gain_over_prompt is not None and (registration.number(metrics, "finetuned", "accuracy") is None
+                                                      or registration.best_prompt(metrics) is None):
             problems.append("--min_gain_over_prompt needs finetuned.accuracy and a prompt baseline's accuracy "
                             f"(variants.{' or variants.'.join(PROMPT_BASELINES)}) in metrics.json; evaluate a "
                             "classification task with this version of slmops, or drop --min_gain_over_prompt")
-        if args.min_accuracy is not None and _number(metrics, "finetuned", "accuracy") is None:
+        if args.min_accuracy is not None and registration.number(metrics, "finetuned", "accuracy") is None:
             problems.append(f"--min_accuracy needs finetuned.accuracy in metrics.json, which has none "
                             f"(task {metrics.get('task')!r}); drop --min_accuracy or evaluate a classification task")
-        if args.min_gain is not None and (_number(metrics, "finetuned", "accuracy") is None
-                                          or _number(metrics, "base", "accuracy") is None):
+        if args.min_gain is not None and (registration.number(metrics, "finetuned", "accuracy") is None
+                                          or registration.number(metrics, "base", "accuracy") is None):
             problems.append("--min_gain needs base.accuracy and finetuned.accuracy in metrics.json; "
                             "evaluate with a base model on a classification task, or drop --min_gain")
     if args.max_optimized_drop is not None:
         if args.optimize_report is None:
             problems.append("--max_optimized_drop needs --optimize_report (optimize's report output)")
-        elif optimize is not None and _number(optimize, "accuracy_drop") is None:
+        elif optimize is not None and registration.number(optimize, "accuracy_drop") is None:
             problems.append("--max_optimized_drop needs accuracy_drop in optimize_report.json, which has none; "
                             "optimize a classification task, or drop --max_optimized_drop")
         elif optimize is not None and optimize.get("split", TEST_SPLIT) != TEST_SPLIT:
@@ -187,66 +174,11 @@ def validate(args: argparse.Namespace, tracking_uri: str | None) -> dict:
     return {"metrics": metrics, "data_report": data_report, "optimize": optimize, "weights": hashes}
 
 
-def _check(name: str, what: str, value: float, op: str, threshold: float, scope: str) -> dict:
-    """One gate check; `detail` reads as a sentence, with the comparison that actually holds, and says which rows
-    the figures come from (`scope`)."""
-    eps = 1e-9  # 0.7 - 0.6 is 0.0999..., which must pass min_gain 0.1
-    passed = value >= threshold - eps if op == ">=" else value <= threshold + eps
-    shown = op if passed else {">=": "<", "<=": ">"}[op]
-    return {"name": name, "value": value, "threshold": threshold, "op": op, "passed": passed,
-            "detail": f"{what} {shown} {name} {threshold} ({scope})"}
-
-
-def best_prompt(metrics: dict) -> tuple[str, float] | None:
-    """(variant, accuracy) of the best prompt baseline in evaluate's metrics.json (a tie keeps zero-shot)."""
-    found = [(name, _number(metrics, "variants", name, "accuracy")) for name in PROMPT_BASELINES]
-    found = [(name, acc) for name, acc in found if acc is not None]
-    return max(found, key=lambda f: f[1]) if found else None
-
-
 def gate_checks(args: argparse.Namespace, metrics: dict, optimize: dict | None) -> list[dict]:
     """One check per threshold given (inputs were validated, so every number needed is there)."""
-    checks = []
-    tuned, base = _number(metrics, "finetuned", "accuracy"), _number(metrics, "base", "accuracy")
-    scope = f"{metrics.get('split')} split, n={metrics.get('n')}"
-    if args.min_accuracy is not None:
-        checks.append(_check("min_accuracy", f"fine-tuned accuracy {tuned:.4f}", tuned, ">=", args.min_accuracy,
-                             scope))
-    if args.min_gain is not None:
-        checks.append(_check("min_gain", f"gain over base {tuned - base:+.4f} (fine-tuned {tuned:.4f}, base "
-                             f"{base:.4f})", tuned - base, ">=", args.min_gain, scope))
-    if args.min_gain_over_prompt is not None:
-        name, prompt = best_prompt(metrics)
-        checks.append(_check("min_gain_over_prompt", f"gain over the best prompt baseline {tuned - prompt:+.4f} "
-                             f"(fine-tuned {tuned:.4f}, {name} {prompt:.4f})", tuned - prompt, ">=",
-                             args.min_gain_over_prompt, scope))
-    if args.max_optimized_drop is not None:
-        drop = _number(optimize, "accuracy_drop")
-        accs = [_number(optimize, runtime, "accuracy") for runtime in ("pytorch", "onnx")]
-        torch_acc, onnx_acc = [f"{a:.4f}" if a is not None else "n/a" for a in accs]
-        metric = optimize.get("accuracy_metric") or "accuracy"  # optimize scores generation with rouge_l
-        what = (f"{metric} drop after optimization {drop:.4f} (pytorch {torch_acc}, onnx {onnx_acc}, "
-                f"{optimize.get('precision')})")
-        scope = f"optimize_report: {optimize.get('split') or 'split not stated'}, n={optimize.get('n')}"
-        checks.append(_check("max_optimized_drop", what, drop, "<=", args.max_optimized_drop, scope))
-    return checks
-
-
-def _git_commit(tracking_uri: str, run_id: str) -> str | None:
-    """The commit of the code that ran: from git when slmops runs from a checkout; else from the
-    `mlflow.source.git.commit` tag on the step's run or its pipeline run (Azure ML sets it for jobs submitted
-    from a git checkout; a code snapshot has no .git of its own)."""
-    try:
-        out = subprocess.run(["git", "-C", str(Path(slmops.__file__).parent), "rev-parse", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
-        if out.returncode == 0:
-            return out.stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    c = registry.client(tracking_uri)
-    tags = c.get_run(run_id).data.tags
-    parent = tags.get("mlflow.parentRunId")
-    return tags.get(GIT_COMMIT_TAG) or (c.get_run(parent).data.tags.get(GIT_COMMIT_TAG) if parent else None)
+    return registration.gate_checks(metrics, optimize, min_accuracy=args.min_accuracy, min_gain=args.min_gain,
+                                    min_gain_over_prompt=args.min_gain_over_prompt,
+                                    max_optimized_drop=args.max_optimized_drop)
 
 
 def _base_model(args: argparse.Namespace) -> str:
@@ -261,50 +193,17 @@ def _base_model(args: argparse.Namespace) -> str:
     return str(flavor.get("transformers", {}).get("source_model_name") or "unknown")
 
 
-def _scalars(obj: dict | None, prefix: str = "") -> dict:
-    """The scalar leaves of a report under dotted keys: {"finetuned.accuracy": 0.9, "task": ...}; lists (the
-    confusion matrix, labels) stay in the report."""
-    out: dict = {}
-    for key, value in (obj or {}).items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_scalars(value, f"{name}."))
-        elif isinstance(value, (str, int, float, bool)):
-            out[name] = value
-    return out
-
-
 def lineage(args: argparse.Namespace, reports: dict, commit: str | None) -> dict:
     return {
         "dataset_sha256": reports["data_report"]["sha256"],
         "base_model": _base_model(args),
-        "code_version": f"{slmops.__version__}+g{commit[:12]}" if commit else slmops.__version__,
+        "code_version": registration.code_version(commit),
         "git_commit": commit,
         "pipeline_run_id": os.environ.get("AZUREML_ROOT_RUN_ID"),
-        "eval": _scalars(reports["metrics"]),
-        "optimize": _scalars(reports["optimize"]),
+        "eval": registration.scalars(reports["metrics"]),
+        "optimize": registration.scalars(reports["optimize"]),
         "weights_sha256": reports["weights"],
     }
-
-
-def version_tags(lin: dict, checks: list[dict], step_run_id: str) -> dict[str, str]:
-    """The tags every registered version carries: lineage, metrics, and the gate verdict."""
-    tags = {f"lineage.{k}": str(v) for k, v in lin.items() if v is not None and not isinstance(v, dict)}
-    tags["lineage.step_run_id"] = step_run_id
-    tags.update({f"eval.{k}": str(v) for k, v in lin["eval"].items()})
-    tags.update({f"optimize.{k}": str(v) for k, v in lin["optimize"].items()})
-    tags[registry.GATE_TAG] = registry.gate_verdict(checks)     # "passed", or "none" without thresholds
-    tags[registry.GATE_CHECKS_TAG] = registry.tags_json(checks)
-    return tags
-
-
-def register_folder(tracking_uri: str, run_id: str, folder: str, artifact_path: str, name: str,
-                    tags: dict[str, str]):
-    """Log `folder` unchanged as run artifacts at `artifact_path`, then register that location as a version."""
-    tracking.log_artifacts(folder, artifact_path)
-    run_root = registry.client(tracking_uri).get_run(run_id).info.artifact_uri.rstrip("/")
-    registry.ensure_registered_model(tracking_uri, name)
-    return registry.create_version(tracking_uri, name, f"{run_root}/{artifact_path}", run_id, tags)
 
 
 def main(argv=None) -> dict:
@@ -325,21 +224,23 @@ def main(argv=None) -> dict:
             print("register: no gate thresholds given (--min_accuracy/--min_gain/--min_gain_over_prompt/"
                   "--max_optimized_drop); registering without a quality gate")
 
-        lin = lineage(args, reports, _git_commit(tracking_uri, run.info.run_id))
-        tags = version_tags(lin, checks, run.info.run_id)
+        lin = lineage(args, reports, registration.git_commit(tracking_uri, run.info.run_id))
+        tags = registration.version_tags(lin, checks, run.info.run_id)
         onnx_name = f"{args.model_name}-onnx"
         created: list[tuple[str, str]] = []
         moved: list[tuple[str, str]] = []  # (name, version the alias pointed at before) for aliases moved
         with atomic_dir(args.registration) as out:
             try:
-                mv = register_folder(tracking_uri, run.info.run_id, args.model, "model", args.model_name,
-                                     {**tags, **registry.weights_tags(reports["weights"]["model"])})
+                mv = registration.register_folder(
+                    tracking_uri, run.info.run_id, args.model, "model", args.model_name,
+                    {**tags, **registry.weights_tags(reports["weights"]["model"])})
                 created.append((args.model_name, str(mv.version)))
                 onnx = None
                 if args.onnx_model:
-                    omv = register_folder(tracking_uri, run.info.run_id, args.onnx_model, "onnx_model", onnx_name,
-                                          {**tags, "finetuned_model": f"{args.model_name}/{mv.version}",
-                                           **registry.weights_tags(reports["weights"]["onnx_model"])})
+                    omv = registration.register_folder(
+                        tracking_uri, run.info.run_id, args.onnx_model, "onnx_model", onnx_name,
+                        {**tags, "finetuned_model": f"{args.model_name}/{mv.version}",
+                         **registry.weights_tags(reports["weights"]["onnx_model"])})
                     created.append((onnx_name, str(omv.version)))
                     registry.client(tracking_uri).set_model_version_tag(
                         args.model_name, str(mv.version), "onnx_model", f"{onnx_name}/{omv.version}")

@@ -1,0 +1,141 @@
+"""The quality gate and the tagged registration, shared by the register step and `slmops maas register`.
+
+    checks = gate_checks(metrics, None, min_accuracy=0.8, min_gain_over_prompt=0.05)   # evaluate's metrics.json shape
+    failed = [c for c in checks if not c["passed"]]                       # a failed gate registers nothing
+    tags = version_tags(lineage, checks, run_id)     # lineage.*, eval.*, optimize.*, gate, gate.checks
+    register_folder(uri, run_id, folder, "model", "slmops-tone", tags)
+
+`metrics` has the shape of evaluate's metrics.json: `split`, `n`, `finetuned.accuracy`, `base.accuracy` and the prompt
+baselines `variants.base_zero_shot` / `variants.base_k_shot`. Every function takes its inputs explicitly; the tracking
+URI and the run are the caller's.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import slmops
+from slmops import registry, tracking
+
+NAME_RE = re.compile(r"^[\w.\-]+$")  # a registered model name
+ALIAS_RE = re.compile(r"^[\w\-]+$")
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+PROMPT_BASELINES = ("base_zero_shot", "base_k_shot")  # evaluate's variants of the base model with a prompt
+TEST_SPLIT = "test"  # the only split the gate reads evaluate's figures from
+
+
+def alias_ok(alias: str) -> bool:
+    """Letters, digits, '_' and '-'; not 'latest' or 'v<N>', which MLflow reserves."""
+    return bool(ALIAS_RE.match(alias)) and alias != "latest" and not re.fullmatch(r"[vV]\d+", alias)
+
+
+def number(obj: dict | None, *keys: str):
+    """obj[k1][k2]... when it is a number, else None."""
+    for key in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj if isinstance(obj, (int, float)) and not isinstance(obj, bool) else None
+
+
+def check(name: str, what: str, value: float, op: str, threshold: float, scope: str) -> dict:
+    """One gate check; `detail` reads as a sentence, with the comparison that actually holds, and says which rows
+    the figures come from (`scope`)."""
+    eps = 1e-9  # 0.7 - 0.6 is 0.0999..., which must pass min_gain 0.1
+    passed = value >= threshold - eps if op == ">=" else value <= threshold + eps
+    shown = op if passed else {">=": "<", "<=": ">"}[op]
+    return {"name": name, "value": value, "threshold": threshold, "op": op, "passed": passed,
+            "detail": f"{what} {shown} {name} {threshold} ({scope})"}
+
+
+def best_prompt(metrics: dict) -> tuple[str, float] | None:
+    """(variant, accuracy) of the best prompt baseline in evaluate's metrics.json (a tie keeps zero-shot)."""
+    found = [(name, number(metrics, "variants", name, "accuracy")) for name in PROMPT_BASELINES]
+    found = [(name, acc) for name, acc in found if acc is not None]
+    return max(found, key=lambda f: f[1]) if found else None
+
+
+def gate_checks(metrics: dict, optimize: dict | None, *, min_accuracy: float | None = None,
+                min_gain: float | None = None, min_gain_over_prompt: float | None = None,
+                max_optimized_drop: float | None = None) -> list[dict]:
+    """One check per threshold given (the caller has checked that every number a threshold needs is there)."""
+    checks = []
+    tuned, base = number(metrics, "finetuned", "accuracy"), number(metrics, "base", "accuracy")
+    scope = f"{metrics.get('split')} split, n={metrics.get('n')}"
+    if min_accuracy is not None:
+        checks.append(check("min_accuracy", f"fine-tuned accuracy {tuned:.4f}", tuned, ">=", min_accuracy, scope))
+    if min_gain is not None:
+        checks.append(check("min_gain", f"gain over base {tuned - base:+.4f} (fine-tuned {tuned:.4f}, base "
+                            f"{base:.4f})", tuned - base, ">=", min_gain, scope))
+    if min_gain_over_prompt is not None:
+        name, prompt = best_prompt(metrics)
+        checks.append(check("min_gain_over_prompt", f"gain over the best prompt baseline {tuned - prompt:+.4f} "
+                            f"(fine-tuned {tuned:.4f}, {name} {prompt:.4f})", tuned - prompt, ">=",
+                            min_gain_over_prompt, scope))
+    if max_optimized_drop is not None:
+        drop = number(optimize, "accuracy_drop")
+        accs = [number(optimize, runtime, "accuracy") for runtime in ("pytorch", "onnx")]
+        torch_acc, onnx_acc = [f"{a:.4f}" if a is not None else "n/a" for a in accs]
+        metric = optimize.get("accuracy_metric") or "accuracy"  # optimize scores generation with rouge_l
+        what = (f"{metric} drop after optimization {drop:.4f} (pytorch {torch_acc}, onnx {onnx_acc}, "
+                f"{optimize.get('precision')})")
+        scope = f"optimize_report: {optimize.get('split') or 'split not stated'}, n={optimize.get('n')}"
+        checks.append(check("max_optimized_drop", what, drop, "<=", max_optimized_drop, scope))
+    return checks
+
+
+def git_commit(tracking_uri: str, run_id: str) -> str | None:
+    """The commit of the code that ran: from git when slmops runs from a checkout; else from the
+    `mlflow.source.git.commit` tag on the run or its pipeline run (Azure ML sets it for jobs submitted
+    from a git checkout; a code snapshot has no .git of its own)."""
+    try:
+        out = subprocess.run(["git", "-C", str(Path(slmops.__file__).parent), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+        if out.returncode == 0:
+            return out.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    c = registry.client(tracking_uri)
+    tags = c.get_run(run_id).data.tags
+    parent = tags.get("mlflow.parentRunId")
+    return tags.get(GIT_COMMIT_TAG) or (c.get_run(parent).data.tags.get(GIT_COMMIT_TAG) if parent else None)
+
+
+def code_version(commit: str | None) -> str:
+    return f"{slmops.__version__}+g{commit[:12]}" if commit else slmops.__version__
+
+
+def scalars(obj: dict | None, prefix: str = "") -> dict:
+    """The scalar leaves of a report under dotted keys: {"finetuned.accuracy": 0.9, "task": ...}; lists (the
+    confusion matrix, labels) stay in the report."""
+    out: dict = {}
+    for key, value in (obj or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(scalars(value, f"{name}."))
+        elif isinstance(value, (str, int, float, bool)):
+            out[name] = value
+    return out
+
+
+def version_tags(lin: dict, checks: list[dict], step_run_id: str) -> dict[str, str]:
+    """The tags every registered version carries: lineage, metrics, and the gate verdict. `lin` holds the lineage
+    scalars and `eval` / `optimize`: the reports' scalars (scalars())."""
+    tags = {f"lineage.{k}": str(v) for k, v in lin.items() if v is not None and not isinstance(v, dict)}
+    tags["lineage.step_run_id"] = step_run_id
+    tags.update({f"eval.{k}": str(v) for k, v in lin["eval"].items()})
+    tags.update({f"optimize.{k}": str(v) for k, v in lin["optimize"].items()})
+    tags[registry.GATE_TAG] = registry.gate_verdict(checks)     # "passed", or "none" without thresholds
+    tags[registry.GATE_CHECKS_TAG] = registry.tags_json(checks)
+    return tags
+
+
+def register_folder(tracking_uri: str, run_id: str, folder: str, artifact_path: str, name: str,
+                    tags: dict[str, str]):
+    """Log `folder` unchanged as run artifacts at `artifact_path`, then register that location as a version."""
+    tracking.log_artifacts(folder, artifact_path)
+    run_root = registry.client(tracking_uri).get_run(run_id).info.artifact_uri.rstrip("/")
+    registry.ensure_registered_model(tracking_uri, name)
+    return registry.create_version(tracking_uri, name, f"{run_root}/{artifact_path}", run_id, tags)
