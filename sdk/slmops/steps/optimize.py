@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 from slmops import adapters as multi
-from slmops import contract, generation, metrics, models, tracking
+from slmops import contract, generation, metrics, models, threads, tracking
 from slmops.contract import Component, Input, Output
 from slmops.errors import UserError, run_main
 from slmops.io import atomic_dir, write_json
@@ -287,6 +287,7 @@ def score_targets(task: str, targets, onnx_generate, torch_generate, references)
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     source, targets = validate(args)
+    compute_threads = threads.apply()
     import onnxruntime_genai as og
     import torch
 
@@ -316,6 +317,7 @@ def main(argv=None) -> dict:
             copied = copy_tokenizer_files(Path(source.tokenizer), onnx_out)
 
             config = og.Config(str(onnx_out))
+            config.overlay(threads.ort_overlay(compute_threads))  # ORT's own default: every core, busy or not
             config.clear_providers()
             if args.execution_provider != "cpu":
                 config.append_provider(args.execution_provider)
