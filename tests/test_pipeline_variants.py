@@ -1,6 +1,8 @@
-"""The pipeline variants (QLoRA on GPU, full fine-tune, distributed) are copies of pipelines/finetune.yaml with a few
-settings changed. Azure ML pipeline YAML has no include, so this test keeps them from drifting: every variant has
-the same jobs, components and bindings as finetune.yaml, and may only add to them or change values."""
+"""The pipeline variants (QLoRA on GPU, full fine-tune, distributed, sweep) are copies of pipelines/finetune.yaml with
+a few settings changed. Azure ML pipeline YAML has no include, so this test keeps them from drifting: every variant has
+the same jobs, components and bindings as finetune.yaml, and may only add to them or change values. One exception, the
+sweep rule: a job may become a `type: sweep` node over the same component (its `trial:`), and an input it searches
+over is then set by its search_space instead of bound; a pipeline input bound only there is dropped with it."""
 
 from __future__ import annotations
 
@@ -15,26 +17,63 @@ VARIANTS = sorted(p.name for p in PIPELINES.glob("*.yaml") if p.name != "finetun
 
 
 def test_there_are_variants():
-    assert {"finetune_qlora_gpu.yaml", "finetune_full.yaml", "finetune_distributed.yaml"} <= set(VARIANTS)
+    assert {"finetune_qlora_gpu.yaml", "finetune_full.yaml", "finetune_distributed.yaml",
+            "finetune_sweep.yaml"} <= set(VARIANTS)
 
 
-@pytest.mark.parametrize("name", VARIANTS)
-def test_variant_keeps_every_job_component_input_and_binding_of_finetune_yaml(name):
-    variant = yaml.safe_load((PIPELINES / name).read_text())
+def searched(job: dict) -> set[str]:
+    """The inputs a sweep node sets from its search space (none for a command node)."""
+    return set(job.get("search_space") or {}) if job.get("type") == "sweep" else set()
+
+
+def variant_problems(variant: dict) -> list[str]:
     problems = []
-    missing_inputs = set(BASE["inputs"]) - set(variant["inputs"])
+    swept = {key: binding for job, spec in BASE["jobs"].items()
+             for key, binding in spec.get("inputs", {}).items() if key in searched(variant["jobs"].get(job, {}))}
+    still_bound = {binding for spec in variant["jobs"].values() for binding in (spec.get("inputs") or {}).values()}
+    droppable = {b[len("${{parent.inputs."):-2] for b in swept.values() if b.startswith("${{parent.inputs.")}
+    missing_inputs = set(BASE["inputs"]) - set(variant["inputs"]) - {
+        name for name in droppable if f"${{{{parent.inputs.{name}}}}}" not in still_bound}
     if missing_inputs:
         problems.append(f"pipeline inputs missing: {sorted(missing_inputs)}")
     if set(variant["jobs"]) != set(BASE["jobs"]):
         problems.append(f"jobs differ: {sorted(variant['jobs'])} vs {sorted(BASE['jobs'])}")
     for job, spec in BASE["jobs"].items():
         other = variant["jobs"].get(job, {})
-        if other.get("component") != spec["component"]:
-            problems.append(f"jobs.{job}.component {other.get('component')!r} != {spec['component']!r}")
+        component = other.get("trial") if other.get("type") == "sweep" else other.get("component")
+        if component != spec["component"]:
+            problems.append(f"jobs.{job}.component {component!r} != {spec['component']!r}")
         for key, binding in spec.get("inputs", {}).items():
-            if other.get("inputs", {}).get(key) != binding:
+            if key in searched(other):
+                if key in (other.get("inputs") or {}):
+                    problems.append(f"jobs.{job}.inputs.{key}: bound and also in the search_space")
+            elif other.get("inputs", {}).get(key) != binding:
                 problems.append(f"jobs.{job}.inputs.{key} {other.get('inputs', {}).get(key)!r} != {binding!r}")
         for key, binding in spec.get("outputs", {}).items():
             if other.get("outputs", {}).get(key) != binding:
                 problems.append(f"jobs.{job}.outputs.{key} differs")
+    return problems
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_variant_keeps_every_job_component_input_and_binding_of_finetune_yaml(name):
+    problems = variant_problems(yaml.safe_load((PIPELINES / name).read_text()))
     assert not problems, f"{name} drifted from finetune.yaml:\n" + "\n".join(problems)
+
+
+def test_the_sweep_rule_still_catches_drift():
+    """The sweep rule lets only searched inputs go: a sweep node that also drops a bound input, binds a searched
+    one, or runs another component is reported."""
+    sweep = yaml.safe_load((PIPELINES / "finetune_sweep.yaml").read_text())
+    assert variant_problems(sweep) == [] and searched(sweep["jobs"]["finetune"]) == {"learning_rate", "lora_r",
+                                                                                     "batch_size"}
+    sweep["jobs"]["finetune"]["inputs"].pop("eval_steps")
+    sweep["jobs"]["finetune"]["inputs"]["lora_r"] = "${{parent.inputs.lora_r}}"
+    sweep["jobs"]["finetune"]["trial"] = "../components/evaluate/component.yaml"
+    del sweep["inputs"]["max_seq_len"]
+    assert variant_problems(sweep) == [
+        "pipeline inputs missing: ['lora_r', 'max_seq_len']",  # lora_r: bound again, so needed again
+        "jobs.finetune.component '../components/evaluate/component.yaml' != '../components/finetune/component.yaml'",
+        "jobs.finetune.inputs.lora_r: bound and also in the search_space",
+        "jobs.finetune.inputs.eval_steps None != '${{parent.inputs.eval_steps}}'",
+    ]

@@ -1,7 +1,8 @@
 """Every pipeline in pipelines/ built through the real azure-ai-ml objects: the payload `submit --dry-run` prints.
 
 Proves: each YAML loads and validates with azure-ai-ml, nodes bind to the right upstream outputs, compute and
-environments are what we intend, and the distributed variant carries torchrun/DeepSpeed settings. Cannot prove
+environments are what we intend, the distributed variant carries torchrun/DeepSpeed settings, and the sweep
+template's finetune node is a sweep over the finetune component. Cannot prove
 that the service accepts the payload (see test_live.py).
 """
 
@@ -53,7 +54,8 @@ def test_payload_nodes_bindings_compute_environments(path, project_envs):
     nodes = job["jobs"]
     assert set(nodes) == set(payload["components"])
     for name, node in nodes.items():
-        assert node["componentId"] == f"anonymous:{name}"
+        component_id = node["trial"]["componentId"] if node["type"] == "sweep" else node["componentId"]
+        assert component_id == f"anonymous:{name}"
         spec = payload["components"][name]["properties"]["componentSpec"]
         # every bound input exists on the component, and every ${{parent.jobs.X.outputs.Y}} names a real output
         for input_name, binding in node["inputs"].items():
@@ -101,6 +103,27 @@ def test_finetune_node_settings(name, project_envs):
     else:
         assert deepspeed["value"] == "${{parent.inputs.deepspeed}}"
         assert job["inputs"]["deepspeed"]["value"] == expected["deepspeed"]
+
+
+def test_sweep_template_is_a_sweep_over_the_finetune_component(project_envs):
+    """pipelines/finetune_sweep.yaml: the trial is the finetune component (pinned to the GPU environment), the
+    search space names its inputs, the objective is the eval_loss it logs, and downstream nodes read the best
+    trial's outputs through the node, as in finetune.yaml."""
+    payload = payload_of(ROOT / "pipelines" / "finetune_sweep.yaml", project_envs)
+    node = payload["job"]["properties"]["jobs"]["finetune"]
+    spec = payload["components"]["finetune"]["properties"]["componentSpec"]
+    assert node["type"] == "sweep" and node["trial"] == {"componentId": "anonymous:finetune"}
+    assert spec["command"].startswith("python -m slmops.steps.finetune ")
+    assert spec["environment"].startswith("azureml:slmops-gpu:")
+    assert set(node["search_space"]) == {"learning_rate", "lora_r", "batch_size"} <= set(spec["inputs"])
+    assert node["search_space"]["learning_rate"]["type"] == "loguniform"
+    assert node["objective"] == {"primary_metric": "eval_loss", "goal": "minimize"}
+    assert node["sampling_algorithm"]["type"] == "random"
+    assert node["early_termination"]["policy_type"] == "Bandit"
+    assert not set(node["search_space"]) & set(node["inputs"])  # a swept input is not also bound
+    jobs = payload["job"]["properties"]["jobs"]
+    assert jobs["evaluate"]["inputs"]["model"]["value"] == "${{parent.jobs.finetune.outputs.model}}"
+    assert jobs["register"]["inputs"]["model"]["value"] == "${{parent.jobs.finetune.outputs.model}}"
 
 
 def test_overrides_are_applied_and_type_checked(project_envs):

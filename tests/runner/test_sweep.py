@@ -18,7 +18,7 @@ import pytest
 
 from slmops.errors import UserError
 from slmops.pipeline.sweep_spec import Policy, read_sweep, validate_sweep
-from slmops.runner.sweep import best_trial, grid_points, run_sweep, termination_reason, trial_params
+from slmops.runner.sweep import best_trial, grid_points, run_sweep, termination_reason, trial_params, trials_table
 from slmops.runner.trial import Trial
 
 
@@ -378,3 +378,89 @@ def test_slmops_run_sweep_node_kills_a_bad_trial_and_adopts_the_best(tmp_path, m
     again = CliRunner().invoke(main, ["run", str(pipeline), "--run-dir", str(tmp_path / "runs" / "second")])
     assert again.exit_code == 0, again.output
     assert "reused 2" in again.output  # a seeded sweep is deterministic, so it is reused like any step
+
+
+def test_trials_table_lists_hyper_parameters_against_the_objective():
+    record = {"best_index": 1, "best_run_id": "r1", "trials": [
+        {"index": 0, "params": {"lr": 1e-05, "r": 8}, "status": "early_terminated", "metric": 7.50716, "seconds": 34.8},
+        {"index": 1, "params": {"lr": 0.0012709, "r": 16}, "status": "completed", "metric": 0.667649, "seconds": 72},
+        {"index": 2, "params": {"lr": 0.002, "r": 16}, "status": "failed", "metric": None, "seconds": 3.25}]}
+    assert trials_table(record, "eval_loss").splitlines() == [
+        "| trial | lr | r | eval_loss | status | seconds |",
+        "|---|---|---|---|---|---|",
+        "| 0 | 1e-05 | 8 | 7.507 | early_terminated | 34.8 |",
+        "| 1 * | 0.001271 | 16 | 0.6676 | completed | 72 |",
+        "| 2 | 0.002 | 16 |  | failed | 3.25 |",
+    ]
+
+
+# The template's CPU-size run: the tiny random-init model, 20 steps, an evaluation every 5 (4 bandit intervals).
+TINY_SWEEP_SETS = {"max_steps": "20", "eval_steps": "5", "save_steps": "0", "lr_scheduler": "constant",
+                   "model_name": "sweep-tiny", "min_accuracy": "0", "min_gain": "-1", "min_gain_over_prompt": "-1",
+                   "max_optimized_drop": "1"}
+
+
+@pytest.mark.slow
+def test_finetune_sweep_template_runs_end_to_end_on_the_tiny_model(tiny_model, tmp_path, monkeypatch):
+    """pipelines/finetune_sweep.yaml as shipped (search space, seed, objective, bandit policy), with only its limits
+    made CPU-size (3 trials, one at a time, so the policy's comparisons do not depend on timing) and its paths made
+    absolute: trial 0 (lr 1.3e-3) completes, trials 1 (lr 1.2e-5) and 2 (lr 2.1e-4) are stopped by the bandit
+    policy after their second evaluation, and the best trial's model is what evaluate, optimize and register read.
+    The trials are MLflow child runs of the sweep node's run, with the finetune step's params; the run summary
+    prints the trials table. ~3 min on 2 cores."""
+    import mlflow
+    import yaml
+    from click.testing import CliRunner
+
+    from slmops.cli import main
+
+    root = Path(__file__).resolve().parents[2]
+    doc = yaml.safe_load((root / "pipelines" / "finetune_sweep.yaml").read_text())
+    doc["inputs"]["data"]["path"] = str(root / "sdk" / "slmops" / "data" / "tone_sample.jsonl")
+    for job in doc["jobs"].values():
+        key = "trial" if job["type"] == "sweep" else "component"
+        job[key] = str((root / "pipelines" / job[key]).resolve())
+    sweep = doc["jobs"]["finetune"]
+    assert sweep["objective"] == {"primary_metric": "eval_loss", "goal": "minimize"}
+    sweep["limits"].update(max_total_trials=3, max_concurrent_trials=1)
+    pipeline = tmp_path / "finetune_sweep.yaml"
+    pipeline.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    run_dir = tmp_path / "runs" / "sweep"
+    sets = [a for k, v in {"base_model": str(tiny_model), **TINY_SWEEP_SETS}.items() for a in ("--set", f"{k}={v}")]
+    result = CliRunner().invoke(main, ["run", str(pipeline), "--run-dir", str(run_dir), *sets])
+    assert result.exit_code == 0, result.output[-5000:]
+
+    record = json.loads((run_dir / "finetune" / "sweep.json").read_text())
+    assert [(t["index"], t["status"]) for t in record["trials"]] == [
+        (0, "completed"), (1, "early_terminated"), (2, "early_terminated")]
+    assert [round(t["params"]["learning_rate"], 7) for t in record["trials"]] == [0.0012710, 0.0000115, 0.0002061]
+    assert record["best_index"] == 0 and record["best_params"] == record["trials"][0]["params"]
+    losses = [t["metric"] for t in record["trials"]]
+    assert losses[0] < 2.0 < 5.0 < losses[2] < losses[1]  # fast learner << stopped ones (golden: 0.67, 7.5, 5.6)
+    # the node's outputs are the best trial's: its summary's final eval loss is the objective the sweep read
+    summary = json.loads((run_dir / "finetune" / "outputs" / "metrics" / "train_summary.json").read_text())
+    assert summary["final_eval_loss"] == pytest.approx(record["best_metric"]) and summary["global_step"] == 20
+    # ... and flowed on: evaluate scored that model, register registered it
+    assert json.loads((run_dir / "evaluate" / "outputs" / "metrics" / "metrics.json").read_text())["n"] > 0
+    registration = json.loads((run_dir / "register" / "outputs" / "registration" / "registration.json").read_text())
+    assert registration["name"] == "sweep-tiny" and registration["gate"]["passed"]
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    trials = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                "tags.`slmops.kind` = 'trial'")
+    assert len(trials) == 3
+    sweep_run = client.get_run(trials[0].data.tags["mlflow.parentRunId"])
+    assert sweep_run.data.tags["slmops.node"] == "finetune" and sweep_run.data.tags["slmops.best_trial"] == "0"
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {sweep_run.info.run_id}
+    by_index = {int(r.data.tags["slmops.trial"]): r for r in trials}
+    for t in record["trials"]:
+        assert float(by_index[t["index"]].data.params["learning_rate"]) == pytest.approx(t["params"]["learning_rate"])
+        assert by_index[t["index"]].data.metrics["eval_loss"] == pytest.approx(t["metric"])
+
+    table = trials_table(record, "eval_loss")
+    assert table in result.output and "| 0 * | 16 | 0.001271 | 8 |" in table
+    assert (run_dir / "finetune" / "sweep.md").read_text().endswith(table + "\n")

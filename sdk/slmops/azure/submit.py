@@ -35,8 +35,14 @@ def load_pipeline(path: Path, sets: dict[str, str], compute: list[str], experime
 
 
 def components_of(job) -> dict:
-    """node name -> the node's component entity (components given by reference are skipped)."""
-    return {name: node.component for name, node in job.jobs.items() if not isinstance(node.component, str)}
+    """node name -> the node's component entity (a sweep node's: its trial; components given by reference are
+    skipped)."""
+    found = {}
+    for name, node in job.jobs.items():
+        component = node.trial if node.type == "sweep" else node.component
+        if not isinstance(component, str):
+            found[name] = component
+    return found
 
 
 def pin_environments(job, envs: dict[str, ProjectEnvironment]) -> list[ProjectEnvironment]:

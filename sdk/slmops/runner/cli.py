@@ -161,6 +161,10 @@ def run(pipeline: Path, set_: tuple[str, ...], strict: bool, run_dir: Path | Non
     states = executor.state
     summary = ", ".join(f"{n} {sum(1 for s in states.values() if s == n)}" for n in ("done", "reused", "failed")
                         if any(s == n for s in states.values()))
+    from slmops.runner.sweep import write_trials_tables
+
+    for table in write_trials_tables(graph, run_dir):     # hyper-parameters vs objective, per sweep node that ran
+        click.echo(table)
     click.echo(f"run {'succeeded' if code == 0 else 'FAILED'} ({summary}); run folder: {run_dir}; "
                f"MLflow run {executor.parent_run} at {uri}")
     if code != 0:

@@ -3,6 +3,7 @@
     from slmops.runner.sweep import run_sweep
     result = run_sweep(spec, start_trial, log)                        # raises UserError when nothing usable
     result.best_index, result.best_params, result.best_metric, result.best_outputs, result.trials
+    print(trials_table(json.loads(Path("<run>/<node>/sweep.json").read_text()), "eval_loss"))
 
 `spec` is the sweep node as a plain dict; its shape and the semantics (search space expressions, sampling, early
 termination, limits, which trial is best) are written down once, in `slmops.pipeline.sweep_spec`, which reads and
@@ -13,6 +14,7 @@ checks it. The primary metric is read from each trial's MLflow run; a terminated
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import random
 import statistics
@@ -20,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from slmops.errors import UserError
 from slmops.pipeline.sweep_spec import Policy, SweepConfig, is_int, read_sweep
@@ -261,3 +264,44 @@ def run_sweep(spec: dict, start_trial, log, *, read_history: Callable[[str], lis
         + ", ".join(f"{k}={v!r}" for k, v in best["params"].items()))
     return SweepResult(best["index"], best["params"], best["metric"], dict(trials[best["index"]].outputs),
                        best["run_id"], ordered)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Comparing the trials (pure): hyper-parameters against the objective
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def trials_table(record: dict, metric: str) -> str:
+    """A markdown table of a sweep's trials (`<run>/<node>/sweep.json`): one row a trial, its sampled
+    hyper-parameters, status, last value of the objective and seconds; the best trial marked with *."""
+    names = sorted({name for trial in record["trials"] for name in trial["params"]})
+    header = ["trial", *names, metric, "status", "seconds"]
+    rows = [[f"{t['index']}{' *' if t['index'] == record['best_index'] else ''}",
+             *(_cell(t["params"].get(name)) for name in names), _cell(t["metric"]), t["status"],
+             _cell(float(t["seconds"]))] for t in record["trials"]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def write_trials_tables(graph, run_dir: Path) -> list[str]:
+    """For each sweep node that ran in `run_dir` (a reused one has no sweep.json there): its trials table, written
+    to `<run>/<node>/sweep.md` and returned with a title line, for the run summary."""
+    texts = []
+    for name, node in graph.nodes.items():
+        found = Path(run_dir) / name / "sweep.json"
+        if node.kind != "sweep" or not found.is_file():
+            continue
+        record = json.loads(found.read_text())
+        objective = (node.sweep or {}).get("objective") or {}
+        metric = objective.get("primary_metric", "metric")
+        title = (f"sweep {name}: {len(record['trials'])} trial(s), {objective.get('goal', '')} {metric}; best trial "
+                 f"{record['best_index']} (*), its MLflow run {record['best_run_id']}")
+        table = trials_table(record, metric)
+        (found.parent / "sweep.md").write_text(f"# {title}\n\n{table}\n")
+        texts.append(f"{title}\n{table}")
+    return texts
