@@ -4,6 +4,7 @@ checks (every problem with file:line, exit 2, nothing written), token counts and
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -245,3 +246,27 @@ def test_limits_resolve_aliases_registry_uris_and_fine_tuned_names():
         "max_example_tokens"] == 4096
     assert export.limits_for(table, "gpt-4.1-nano")["max_example_tokens"] == 32768
     assert export.limits_for(table, None)["min_examples"] == 10
+
+
+def test_every_packaged_figure_names_its_source_and_date():
+    """base_models.json: each model's limits and prices say where they come from and when they were checked; a
+    figure that could not be confirmed is null and says so."""
+    from slmops.maas import export as exporting
+
+    table = json.loads(exporting.TABLE.read_text())
+    checked = table["as_of"]
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", checked)
+    assert set(table["sources"]["models"]) == set(table["models"])
+    for name, fields in table["models"].items():
+        sources = table["sources"]["models"][name]
+        for figure in ("max_example_tokens", "train_per_1m"):
+            [source] = [text for key, text in sources.items() if figure in key.split(", ")]
+            if fields[figure] is None:
+                assert source.startswith("not confirmed"), (name, figure)
+            else:
+                assert "https://" in source and checked in source, (name, figure)
+        if fields["train_per_1m"] is not None:
+            assert fields["input_per_1m"] is not None and fields["output_per_1m"] is not None
+    for key in ("defaults.min_examples", "defaults.max_file_mb"):
+        assert "https://" in table["sources"][key] and checked in table["sources"][key]
+    assert table["sources"]["not_confirmed"]

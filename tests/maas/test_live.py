@@ -3,10 +3,12 @@
     export OPENAI_API_KEY=...                                                    # OpenAI
     export AZURE_OPENAI_ENDPOINT=https://<resource>.openai.azure.com [AZURE_OPENAI_API_KEY=... or az login]
     export AZURE_SUBSCRIPTION_ID=... AZURE_RESOURCE_GROUP=... AZUREML_WORKSPACE_NAME=...   # Foundry (az login)
+    export SLMOPS_LIVE_FT_JOB=... SLMOPS_LIVE_SCORE_ENDPOINT=... SLMOPS_LIVE_DEPLOYMENT=...      # maas register
     python -m pytest -q -m live tests/maas/test_live.py
 
 They prove what the recorded transports cannot: that the services accept our files and job bodies. Each submits one
-job on the 40-row tone sample and cancels it right away; the upload and the queued job are all that is spent.
+job on the 40-row tone sample and cancels it right away; the upload and the queued job are all that is spent. The
+registration check only reads a job that already succeeded and sends 20 chat requests to its deployment.
 """
 
 from __future__ import annotations
@@ -82,3 +84,36 @@ def test_foundry_submit_status_cancel(tmp_path):
         assert foundry.status(client, created.name)["id"] == created.name
     finally:
         foundry.cancel(client, created.name)
+
+
+LIVE_REGISTER = ("SLMOPS_LIVE_FT_JOB", "SLMOPS_LIVE_SCORE_ENDPOINT", "SLMOPS_LIVE_DEPLOYMENT")
+
+
+@pytest.mark.skipif(not all(os.environ.get(v) for v in LIVE_REGISTER),
+                    reason="set SLMOPS_LIVE_FT_JOB (a succeeded job), SLMOPS_LIVE_SCORE_ENDPOINT and "
+                           "SLMOPS_LIVE_DEPLOYMENT (where its model is deployed), with the services' credentials")
+def test_register_a_succeeded_job(tmp_path, monkeypatch):
+    """`slmops maas register` on a real succeeded job and its deployment, 20 held-out tone rows, into a fresh sqlite
+    registry (no thresholds: gate=none). SLMOPS_LIVE_TRAINING_FILE names the exported training file where the job
+    records no hash (Azure OpenAI)."""
+    from click.testing import CliRunner
+
+    from slmops import registry
+    from slmops.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    (tmp_path / "test.jsonl").write_text("\n".join(SAMPLE.read_text().splitlines()[52:72]) + "\n")
+    extra = ["--training-file", os.environ["SLMOPS_LIVE_TRAINING_FILE"]] \
+        if os.environ.get("SLMOPS_LIVE_TRAINING_FILE") else []
+    result = CliRunner().invoke(main, [
+        "maas", "register", os.environ["SLMOPS_LIVE_FT_JOB"], "--model-name", "slmops-live-hosted",
+        "--score-endpoint", os.environ["SLMOPS_LIVE_SCORE_ENDPOINT"], "--deployment",
+        os.environ["SLMOPS_LIVE_DEPLOYMENT"], "--test-data", str(tmp_path / "test.jsonl"), "--template",
+        "Phrase: {phrase}", "--completion_column", "tone", "--label_column", "tone", "--system_prompt", SYSTEM, *extra])
+    assert result.exit_code == 0, result.output
+    [version] = registry.list_versions(os.environ["MLFLOW_TRACKING_URI"], "slmops-live-hosted")
+    assert version["tags"]["gate"] == "none" and version["tags"]["maas.job_id"] == os.environ["SLMOPS_LIVE_FT_JOB"]
+    for variable in ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY"):
+        if os.environ.get(variable):
+            assert os.environ[variable] not in result.output

@@ -1,4 +1,4 @@
-"""`slmops maas export|submit|status|events|checkpoints|cancel|score` and `slmops kaito manifest`.
+"""`slmops maas export|submit|status|events|checkpoints|cancel|score|register` and `slmops kaito manifest`.
 
     slmops maas export --data sdk/slmops/data/tone_sample.jsonl --template 'Phrase: {phrase}' \\
         --completion_column tone --system_prompt 'Classify the tone ...' --model gpt-4o-mini --out train_chat.jsonl
@@ -7,6 +7,8 @@
     slmops maas submit --model gpt-4o-mini-2024-07-18 --endpoint https://my-aoai.openai.azure.com --data prep_out/
     slmops maas status JOB ; slmops maas events JOB ; slmops maas checkpoints JOB ; slmops maas cancel JOB
     slmops maas score --endpoint URL --deployment NAME --test-data prep_out/ --out hosted.json
+    MLFLOW_TRACKING_URI=sqlite:///mlflow.db slmops maas register JOB --model-name tone-hosted --score-endpoint URL \
+        --deployment NAME --test-data prep_out/ --baseline out/evaluate/metrics --min-accuracy 0.8
     slmops kaito manifest --name tone --base-model-id microsoft/Phi-3.5-mini-instruct --input-url URL \\
         --output-image myacr.azurecr.io/tone-adapter:1 --output-secret acr-push
 
@@ -146,7 +148,8 @@ def _raise_problems(reports: list[dict]) -> None:
 
 @click.group()
 def maas():
-    """Hosted fine-tuning (Azure AI Foundry serverless, Azure OpenAI, OpenAI): export, submit, follow, score."""
+    """Hosted fine-tuning (Azure AI Foundry serverless, Azure OpenAI, OpenAI): export, submit, follow, score,
+    register."""
 
 
 @maas.command()
