@@ -256,7 +256,7 @@ def register_args(prep_out, *extra):
 
 @pytest.mark.parametrize("case, expected", [
     ("running", "job ftjob-0001 is 'validating_files', not 'succeeded'"),
-    ("unknown", "not found while trying to read ftjob-0404"),
+    ("unknown", "not found while trying to read the job ftjob-0404"),
     ("no registry", "MLFLOW_TRACKING_URI is not set"),
     ("bad name", "--model-name 'tone hosted': use letters, digits"),
     ("gain without baseline", "--min-gain-over-prompt compare(s) with the base model: pass --baseline"),

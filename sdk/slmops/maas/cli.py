@@ -621,7 +621,7 @@ def register_hosted(ctx, job, model_name, score_endpoint, deployment, source, ba
         return record, sizes
 
     _, (record, sizes) = _job_verb(ctx, job, kind, endpoint, api_version, no_entra,
-                                   (subscription, resource_group, workspace), "read", foundry_call, openai_call)
+                                   (subscription, resource_group, workspace), "read the job", foundry_call, openai_call)
     problems = hosting.file_hashes(record, given, sizes) if record["status"] == hosting.SUCCEEDED[kind] else []
     problems += hosting.check_record(record)
     if problems:
