@@ -209,12 +209,16 @@ def test_server_listens_on_loopback_only(torch_server):
     (["{tmp}", "--key", "short"], "at least 16"),
     (["{tmp}"], "no model under"),
     (["models:/tone@production"], "needs a model registry"),
+    (["{hosted}"], "hosted fine-tune registered by `slmops maas register` (service azure-openai"),
 ])
 def test_serve_rejects_bad_input_with_exit_2(args, says, tmp_path, monkeypatch):
     from slmops.cli import main
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    result = CliRunner().invoke(main, ["serve", *[a.format(tmp=tmp_path) for a in args]])
+    hosted = tmp_path.with_name(tmp_path.name + "-hosted")   # what `slmops maas register` registers: a card
+    (hosted / "model").mkdir(parents=True)
+    (hosted / "model" / "hosted_model.json").write_text('{"service": "azure-openai", "fine_tuned_model": "ft-1"}')
+    result = CliRunner().invoke(main, ["serve", *[a.format(tmp=tmp_path, hosted=hosted) for a in args]])
     assert result.exit_code == 2, result.output
     assert says in result.output
 

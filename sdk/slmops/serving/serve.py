@@ -42,6 +42,7 @@ KEY_ENV = "SLMOPS_ENDPOINT_KEY"
 DEFAULT_THREADS = 16  # batcher.plan(): 2 x the default max batch (8) - one batch gathers while the other generates
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".onnx.data", ".pt")
 DEFAULT_MAX_BODY_BYTES = 1_048_576
+HOSTED_CARD = "hosted_model.json"  # slmops.maas.register's card of a version whose weights a service keeps
 
 
 def new_key() -> str:
@@ -127,6 +128,16 @@ def check_model_dir(model_dir: Path) -> Path:
     if not model_dir.is_dir():
         raise UserError(f"model folder {str(model_dir)!r} does not exist; pass a model folder or a registry "
                         f"reference such as models:/NAME@ALIAS")
+    hosted = next(iter(sorted(model_dir.rglob(HOSTED_CARD))), None)
+    if hosted is not None:  # `slmops maas register`: the weights stay with the service
+        try:
+            card = json.loads(hosted.read_text())
+        except (OSError, ValueError):
+            card = {}
+        where = ", ".join(f"{k} {card[k]}" for k in ("service", "fine_tuned_model", "scored_endpoint") if card.get(k))
+        raise UserError(f"{model_dir} is a hosted fine-tune registered by `slmops maas register` ({where or hosted}): "
+                        f"its weights stay with the service, so there is nothing to serve here; call the service's "
+                        f"deployment (e.g. `slmops maas score`), or serve a model trained by the pipeline")
     try:
         found = find_model_dir(model_dir)
     except RuntimeError as exc:
