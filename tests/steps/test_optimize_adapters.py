@@ -100,6 +100,7 @@ def test_switching_adapters_equals_pytorch_peft_greedy(switchable, finetuned, to
 def _bad_cases(model, adapter, data, tmp):
     (tmp / "not_an_adapter").mkdir(exist_ok=True)
     return [
+        (["--test_data", data, "--adapter_1", adapter], ["--model is required", "set base_model to a folder"]),
         (["--model", model, "--test_data", data, "--adapter_2", adapter, "--test_data_2", data],
          ["adapters given in slots [2]"]),
         (["--model", model, "--test_data", data, "--adapter_1", adapter, "--adapter_2", adapter],

@@ -68,7 +68,7 @@ CONTRACT = Component(
                 "against PyTorch generate in the same run. Writes the model folder and optimize_report.json.",
     inputs=[
         Input("model", "mlflow_model", "The merged model (finetune's model output): MLflow model folder or Hugging "
-              "Face folder."),
+              "Face folder; with adapter_N, the base model folder they were trained on. Required.", optional=True),
         Input("test_data", "uri_folder", "prep's output_data (test.jsonl is scored, never validation.jsonl)."),
         Input("precision", "string", "ONNX weight precision.", default="int4", enum=PRECISIONS),
         Input("execution_provider", "string", "ONNX Runtime execution provider.", default="cpu", enum=PROVIDERS),
@@ -152,19 +152,24 @@ def validate(args) -> tuple[models.ModelSource, list[tuple[str | None, str | Non
                             f"{args.execution_provider} support; {install}, or use --execution_provider cpu")
     slots = adapter_slots(args, problems)
     source = None
-    try:
-        source = models.check_weights(args.model)
-        if not source.is_local:
-            problems.append(f"--model {args.model!r}: the model builder needs a local folder; pass finetune's "
-                            "model output (or download the hub model first)")
-        elif source.adapter and slots:
-            problems.append(f"--model {args.model!r} is an adapter; with --adapter_N pass the base model the "
-                            "adapters were trained on (finetune's base_model)")
-        elif source.adapter:
-            problems.append(f"--model {args.model!r} is an adapter; pass the merged model (finetune's model output), "
-                            "or pass it as --adapter_1 with its base model as --model")
-    except UserError as exc:
-        problems.append(f"--model: {exc}")
+    if args.model is None:  # optional in the contract only so a template can bind an unset base_model input
+        problems.append("--model is required: the merged model (finetune's model output), or with --adapter_N the "
+                        "base model folder the adapters were trained on (pipelines/multi_adapter.yaml: set "
+                        "base_model to a folder)")
+    else:
+        try:
+            source = models.check_weights(args.model)
+            if not source.is_local:
+                problems.append(f"--model {args.model!r}: the model builder needs a local folder; pass finetune's "
+                                "model output (or download the hub model first)")
+            elif source.adapter and slots:
+                problems.append(f"--model {args.model!r} is an adapter; with --adapter_N pass the base model the "
+                                "adapters were trained on (finetune's base_model)")
+            elif source.adapter:
+                problems.append(f"--model {args.model!r} is an adapter; pass the merged model (finetune's model "
+                                "output), or pass it as --adapter_1 with its base model as --model")
+        except UserError as exc:
+            problems.append(f"--model: {exc}")
     targets = []
     for i, (name, folder, data) in enumerate(slots or [(None, None, args.test_data)], start=1):
         flag = "--test_data" if i == 1 else f"--test_data_{i}"

@@ -15,6 +15,12 @@ there: the fine-tuned MLflow model as `<model_name>`, the ONNX Runtime GenAI fol
 `<model_name>-onnx`. Each version gets lineage tags, `gate=passed` (`gate=none` without thresholds), the weight files' sha256, the gate checks (JSON) and `--alias`
 (default `candidate`). registration.json is written to --registration. The registry is MLFLOW_TRACKING_URI.
 
+Several adapters on one base (docs/multi_adapter.md): `--adapter` (finetune's adapter output) is registered too, as
+its own model `<model_name>-adapter` that names its base (tags `lineage.base_model`, `lineage.base_model_sha256`:
+one sha256 over the base folder's weight files, given `--base_model`) with the same lineage, metrics and gate tags;
+`--adapter_name NAME` makes the gate and the `optimize.*` tags read that adapter's figures in a multi-adapter
+optimize_report.json (`adapters.NAME`) instead of its top level.
+
     MLFLOW_TRACKING_URI=sqlite:///mlflow.db python -m slmops.steps.register \\
         --model out/finetune/model --eval_metrics out/evaluate/metrics --train_data out/prep/output_data \\
         --onnx_model out/optimize/onnx_model --optimize_report out/optimize/report \\
@@ -74,6 +80,10 @@ CONTRACT = Component(
         Input("max_optimized_drop", "number", "Gate: accuracy lost by the ONNX model (optimize_report "
               "accuracy_drop) must be at most this.", optional=True, min=0.0, max=1.0),
         Input("alias", "string", "Alias set on the new versions (moved there if it exists).", default="candidate"),
+        Input("adapter", "uri_folder", "finetune's adapter output (LoRA); also registered, as <model_name>-adapter, "
+              "naming its base model (id and weights sha256).", optional=True),
+        Input("adapter_name", "string", "This model's adapter in a multi-adapter optimize_report.json: the gate "
+              "and the optimize tags read adapters.<adapter_name>.", optional=True),
     ],
     outputs=[Output("registration", "registration.json (names, versions, gate checks, lineage)")],
 )
@@ -125,8 +135,12 @@ def validate(args: argparse.Namespace, tracking_uri: str | None) -> dict:
         problems.append(f"--alias {args.alias!r}: use letters, digits, '_' and '-' only; 'latest' and 'v<N>' "
                         f"are reserved by MLflow")
 
+    if args.adapter is not None and not (Path(args.adapter) / "adapter_config.json").is_file():
+        problems.append(f"--adapter {args.adapter!r} has no adapter_config.json; pass finetune's adapter output of "
+                        "a LoRA run (a --method full run has none)")
     hashes = {}  # {flag: {weight file: sha256}}: the weights are read whole before anything is registered
-    for flag in ("model", "onnx_model"):
+    flags = ["model", "onnx_model"] + (["adapter", "base_model"] if args.adapter is not None else [])
+    for flag in flags:
         folder = getattr(args, flag)
         if folder is not None and not any(p.startswith(f"--{flag} ") for p in problems):
             try:
@@ -159,6 +173,19 @@ def validate(args: argparse.Namespace, tracking_uri: str | None) -> dict:
                                           or registration.number(metrics, "base", "accuracy") is None):
             problems.append("--min_gain needs base.accuracy and finetuned.accuracy in metrics.json; "
                             "evaluate with a base model on a classification task, or drop --min_gain")
+    if args.adapter_name is not None:
+        if args.optimize_report is None:
+            problems.append(f"--adapter_name {args.adapter_name!r} needs --optimize_report (a multi-adapter "
+                            "optimize's report output)")
+        elif optimize is not None:
+            served = sorted(optimize.get("adapters") or {})
+            if args.adapter_name not in served:
+                problems.append(f"--adapter_name {args.adapter_name!r}: optimize_report.json has "
+                                f"{'the adapters ' + str(served) if served else 'no adapters (a single-model build)'}"
+                                "; pass one of them, or drop --adapter_name")
+            else:  # that adapter's figures, under the report's precision, split and metric
+                optimize = {**{k: v for k, v in optimize.items() if k != "adapters"},
+                            **optimize["adapters"][args.adapter_name], "adapter": args.adapter_name}
     if args.max_optimized_drop is not None:
         if args.optimize_report is None:
             problems.append("--max_optimized_drop needs --optimize_report (optimize's report output)")
@@ -193,10 +220,22 @@ def _base_model(args: argparse.Namespace) -> str:
     return str(flavor.get("transformers", {}).get("source_model_name") or "unknown")
 
 
+def weights_digest(hashes: dict[str, str]) -> str:
+    """One sha256 for a folder's weights: over its sorted `file sha256` lines (verify_weights' output)."""
+    import hashlib
+
+    return hashlib.sha256("".join(f"{f} {h}\n" for f, h in sorted(hashes.items())).encode()).hexdigest()
+
+
 def lineage(args: argparse.Namespace, reports: dict, commit: str | None) -> dict:
+    base = {}
+    if args.adapter is not None:  # the adapter names the base it needs, by id and by content
+        base_hashes = reports["weights"].get("base_model")
+        base["base_model_sha256"] = weights_digest(base_hashes) if base_hashes else None
     return {
         "dataset_sha256": reports["data_report"]["sha256"],
         "base_model": _base_model(args),
+        **base,
         "code_version": registration.code_version(commit),
         "git_commit": commit,
         "pipeline_run_id": os.environ.get("AZUREML_ROOT_RUN_ID"),
@@ -245,11 +284,24 @@ def main(argv=None) -> dict:
                     registry.client(tracking_uri).set_model_version_tag(
                         args.model_name, str(mv.version), "onnx_model", f"{onnx_name}/{omv.version}")
                     onnx = {"name": onnx_name, "version": str(omv.version)}
+                adapter = None
+                if args.adapter:
+                    adapter_name = f"{args.model_name}-adapter"
+                    amv = registration.register_folder(
+                        tracking_uri, run.info.run_id, args.adapter, "adapter", adapter_name,
+                        {**tags, "finetuned_model": f"{args.model_name}/{mv.version}",
+                         **registry.weights_tags(reports["weights"]["adapter"])})
+                    created.append((adapter_name, str(amv.version)))
+                    registry.client(tracking_uri).set_model_version_tag(
+                        args.model_name, str(mv.version), "adapter_model", f"{adapter_name}/{amv.version}")
+                    adapter = {"name": adapter_name, "version": str(amv.version), "base_model": lin["base_model"],
+                               "base_model_sha256": lin["base_model_sha256"]}
                 for name, version in created:
                     previous = registry.set_alias(tracking_uri, name, args.alias, version)
                     if previous is not None:
                         moved.append((name, previous))
                 result = {"name": args.model_name, "version": str(mv.version), "alias": args.alias, "onnx": onnx,
+                          **({"adapter": adapter} if args.adapter else {}),
                           "gate": {"passed": True, "checks": checks, "verdict": registry.gate_verdict(checks)},
                           "lineage": {**lin, "step_run_id": run.info.run_id}, "tracking_uri": tracking_uri}
                 write_json(out / "registration.json", result)
@@ -265,6 +317,8 @@ def main(argv=None) -> dict:
         tracking.set_tags({"registered_model": f"{args.model_name}/{mv.version}"})
 
     onnx_text = f"; ONNX: {onnx['name']} version {onnx['version']}" if onnx else ""
+    if args.adapter:
+        onnx_text += f"; adapter: {adapter['name']} version {adapter['version']} (base {adapter['base_model']})"
     print(f"register: {args.model_name} version {mv.version} @{args.alias}{onnx_text}; gate passed "
           f"({len(checks)} checks)")
     return result

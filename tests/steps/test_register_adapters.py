@@ -1,0 +1,95 @@
+"""register with an adapter: the LoRA adapter becomes its own model version naming its base (id + weights sha256),
+with the merged model's lineage, metrics and gate tags; the gate reads that adapter's figures in a multi-adapter
+optimize_report.json; bad adapter inputs are input errors and nothing is registered."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from slmops import registry, weights
+from slmops.errors import GateFailed, UserError
+from slmops.steps import register
+from tests.steps.test_register import argv, env, store, write_inputs  # noqa: F401  (fixtures)
+
+
+def safetensors(path, seed: int):
+    header = json.dumps({"w": {"dtype": "U8", "shape": [256], "data_offsets": [0, 256]}}).encode()
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bytes((i + seed) % 256 for i in range(256)))
+
+
+def with_adapter(root, drops: dict[str, float]):
+    """write_inputs() plus a base model folder, a PEFT adapter folder and a two-adapter optimize_report.json."""
+    paths = write_inputs(root)
+    base, adapter = root / "base", root / "adapter"
+    base.mkdir()
+    adapter.mkdir()
+    (base / "config.json").write_text('{"model_type": "llama"}')
+    safetensors(base / "model.safetensors", 1)
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')
+    safetensors(adapter / "adapter_model.safetensors", 2)
+    report = json.loads((paths["optimize_report"] / "optimize_report.json").read_text())
+    report["adapters"] = {name: {"n": 40, "onnx": {"accuracy": 0.9 - drop}, "pytorch": {"accuracy": 0.9},
+                                 "accuracy_drop": drop, "agreement": 0.95, "file": f"adapters/{name}.onnx_adapter"}
+                          for name, drop in drops.items()}
+    report["accuracy_drop"] = max(drops.values())
+    (paths["optimize_report"] / "optimize_report.json").write_text(json.dumps(report))
+    paths.pop("onnx_model")
+    return {**paths, "base_model": base, "adapter": adapter}
+
+
+def test_the_adapter_is_registered_naming_its_base(tmp_path, env):  # noqa: F811
+    paths = with_adapter(tmp_path, {"tone": 0.0, "topic": 0.08})
+    result = register.main(argv(paths, tmp_path / "out", "multi-tone", adapter_name="tone", max_optimized_drop=0.05,
+                                min_accuracy=0.5))
+    client = registry.client(env)
+    adapter = result["adapter"]
+    assert adapter["name"] == "multi-tone-adapter" and adapter["base_model"] == str(paths["base_model"])
+    assert adapter["base_model_sha256"] == register.weights_digest(weights.verify_weights(paths["base_model"]))
+    tags = client.get_model_version("multi-tone-adapter", adapter["version"]).tags
+    assert tags["lineage.base_model"] == str(paths["base_model"])
+    assert tags["lineage.base_model_sha256"] == adapter["base_model_sha256"]
+    assert tags["lineage.dataset_sha256"] == "ab" * 32 and tags["gate"] == "passed"
+    assert tags["eval.finetuned.accuracy"] == "0.9" and tags["optimize.adapter"] == "tone"
+    assert tags["optimize.accuracy_drop"] == "0.0"                       # tone's figure, not the report's top level
+    assert tags["finetuned_model"] == f"multi-tone/{result['version']}"
+    assert registry.recorded_hashes(tags) == weights.verify_weights(paths["adapter"])   # serve/promote check these
+    merged = client.get_model_version("multi-tone", result["version"]).tags
+    assert merged["adapter_model"] == f"multi-tone-adapter/{adapter['version']}"   # the merged model stays
+    assert str(client.get_model_version_by_alias("multi-tone-adapter", "candidate").version) == adapter["version"]
+    on_disk = json.loads((tmp_path / "out" / "registration.json").read_text())
+    assert on_disk["adapter"] == adapter
+
+
+@pytest.mark.parametrize("adapter_name, drop_ok", [("tone", True), ("topic", False)])
+def test_the_gate_reads_the_named_adapter(tmp_path, env, adapter_name, drop_ok):  # noqa: F811
+    paths = with_adapter(tmp_path, {"tone": 0.01, "topic": 0.08})
+    run = lambda: register.main(argv(paths, tmp_path / "out", f"gate-{adapter_name}",  # noqa: E731
+                                     adapter_name=adapter_name, max_optimized_drop=0.05))
+    if drop_ok:
+        assert run()["gate"]["passed"]
+    else:
+        with pytest.raises(GateFailed, match="max_optimized_drop") as err:
+            run()
+        assert "0.0800" in str(err.value) and not (tmp_path / "out").exists()
+        assert not registry.client(env).search_model_versions(f"name='gate-{adapter_name}-adapter'")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: {**p, "adapter": p["base_model"]}, "has no adapter_config.json"),
+    (lambda p: {**p, "adapter_name": "sentiment"}, "has the adapters ['tone', 'topic']; pass one of them"),
+    (lambda p: {k: v for k, v in p.items() if k != "optimize_report"} | {"adapter_name": "tone"},
+     "--adapter_name 'tone' needs --optimize_report"),
+])
+def test_bad_adapter_inputs_register_nothing(tmp_path, env, change, message):  # noqa: F811
+    paths = change(with_adapter(tmp_path, {"tone": 0.0, "topic": 0.0}))
+    with pytest.raises(UserError, match="nothing was registered") as err:
+        register.main(argv(paths, tmp_path / "out", "bad-adapter"))
+    assert message in str(err.value) and not (tmp_path / "out").exists()
+
+
+def test_adapter_name_on_a_single_model_report(tmp_path, env):  # noqa: F811
+    paths = write_inputs(tmp_path)
+    with pytest.raises(UserError, match=r"has no adapters \(a single-model build\)"):
+        register.main(argv(paths, tmp_path / "out", "single", adapter_name="tone"))
