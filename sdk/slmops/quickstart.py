@@ -128,7 +128,9 @@ def print_summary(s: dict, seconds: float, run_dir: Path, *, tiny: bool, model_d
                   f"  slmops serve models:/{name}@candidate --port 8080          # key-protected, 127.0.0.1\n"
                   f"  slmops promote models:/{name}/{reg.get('version', 1)} --endpoint tone --steps 10,50,100 --local\n"
                   f"  slmops run {pipeline} --set base_model={model_dir} --set data=./my-rows.jsonl "
-                  "--set template='Phrase: {text}' --set label_column=label --set completion_column=label\n"
+                  "--set template='{text}' --set label_column=label --set completion_column=label "
+                  "--set system_prompt='Answer with one of: <your labels>.'   # your rows: {\"text\": ..., "
+                  "\"label\": ...}\n"
                   f"  slmops submit {pipeline} --set base_model_id=HuggingFaceTB/SmolLM2-135M-Instruct --dry-run")
 
 
