@@ -7,6 +7,7 @@ azure-ai-ml, transformers or mlflow. Each subcommand lives beside the code it dr
     validate                               slmops.pipeline.cli
     quickstart                             slmops.quickstart
     finetune                               slmops.verbs
+    init                                   slmops.scaffold
     submit, status, logs, download, cancel, components   slmops.azure.cli
     serve, promote                         slmops.serving.cli
 """
@@ -25,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("slmops.quickstart:quickstart", "Build a tiny model offline and run the real pipeline on it."),
     "finetune": ("slmops.verbs:finetune", "Fine-tune --model on --data with the pipeline, here or --azure (one "
                  "command)."),
+    "init": ("slmops.scaffold:init", "Create a project: pipelines using the slmops components, sample data, "
+             "workflows."),
     "run": ("slmops.runner.cli:run", "Run an Azure ML pipeline YAML on this machine, reusing unchanged steps."),
     "validate": ("slmops.pipeline.cli:validate", "Check a pipeline YAML offline and report every problem."),
     "submit": ("slmops.azure.cli:submit", "Submit a pipeline YAML to Azure ML (--dry-run: print the payload)."),
