@@ -71,7 +71,8 @@ def test_components_and_step_code_are_ours_unchanged_and_data_is_local(project):
 
 def test_readme_names_the_next_commands_and_files_that_exist(project):
     readme = (project / "README.md").read_text()
-    for command in ("slmops models pull", "slmops validate pipelines/finetune.yaml", "slmops run pipelines/finetune.yaml",
+    for command in ("slmops models pull", "slmops validate pipelines/finetune.yaml",
+                    "slmops run pipelines/finetune.yaml",
                     "slmops finetune --model", "slmops run pipelines/finetune_sweep.yaml",
                     "slmops submit pipelines/finetune.yaml"):
         assert command in readme, command
@@ -127,3 +128,11 @@ def test_workflows_pass_actionlint_and_zizmor(project, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     assert json.loads(run.stdout) == []
+
+
+def test_slmops_finetune_in_the_project_fills_the_project_pipeline(project, tiny_model):
+    result = slmops("finetune", "--model", tiny_model, "--data", "data/sample.jsonl", "--dry-run", cwd=project)
+    assert result.exit_code == 0, result.output
+    printed = yaml.safe_load(result.stdout)
+    assert printed["pipeline"] == str(project / "pipelines" / "finetune.yaml")
+    assert printed["inputs"]["data"] == str(project / "data" / "sample.jsonl")

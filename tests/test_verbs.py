@@ -89,7 +89,8 @@ def test_save_writes_the_inputs_and_inputs_reads_them_back(project, suffix):
 
 BAD = [
     # arguments, every text expected in the error
-    (["--model", "nonsense", "--data", "rows.jsonl"], ["--model 'nonsense' is neither an existing folder nor a hub id"]),
+    (["--model", "nonsense", "--data", "rows.jsonl"],
+     ["--model 'nonsense' is neither an existing folder nor a hub id"]),
     (["--data", "rows.jsonl"], ["no model: pass --model"]),
     (["--model", "model"], ["no data: pass --data"]),
     (["--model", "model", "--data", "missing.jsonl"], ["--data: ", "missing.jsonl does not exist"]),

@@ -68,7 +68,9 @@ jobs:
           slmops validate pipelines/finetune.yaml --strict
           slmops validate pipelines/finetune_sweep.yaml --strict
       - name: Build the Azure ML payload offline
-        run: slmops submit pipelines/finetune.yaml --set base_model_id=HuggingFaceTB/SmolLM2-135M-Instruct --dry-run > /dev/null
+        run: >-
+          slmops submit pipelines/finetune.yaml --dry-run
+          --set base_model_id=HuggingFaceTB/SmolLM2-135M-Instruct > /dev/null
 """
 
 TRAIN = """\

@@ -433,7 +433,7 @@ def test_help_and_component_contract():
         if "enum" in inp:
             assert inp["enum"] == {"method": finetune.METHODS, "batching": finetune.BATCHING,
                                    "lr_scheduler": finetune.SCHEDULERS, "precision": ["auto", "fp32", "fp16", "bf16"],
-                                   "deepspeed": ["none", *DEEPSPEED_CONFIGS]}[name]
+                                   "deepspeed": ["none", *DEEPSPEED_CONFIGS], "optimizer": finetune.OPTIMIZERS}[name]
     proc = subprocess.run([sys.executable, "-m", "slmops.steps.finetune", "--help"], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0 and "--early_stopping_patience" in proc.stdout
