@@ -238,11 +238,13 @@ def test_serve_sizes_itself_by_the_batcher_plan(max_batch, expected_threads, tmp
 
     (tmp_path / "model.safetensors").write_bytes(b"\0" * 4096)
     (tmp_path / "config.json").write_text("{}")
-    env = {} if max_batch is None else {"SLMOPS_MAX_BATCH": max_batch}
+    env = {"OMP_NUM_THREADS": "64"} if max_batch is None else {"SLMOPS_MAX_BATCH": max_batch, "OMP_NUM_THREADS": "64"}
     plan = srv.server_plan(tmp_path, env)
     cores = len(os.sched_getaffinity(0))
     assert plan["threads"] == expected_threads and plan["model_bytes"] == 4096
     assert plan["workers"] == max(1, cores // 8) and plan["compute_threads"] == max(1, cores // plan["workers"])
+    # cores busy with other work: the compute threads shrink to the free ones
+    assert srv.server_plan(tmp_path, {"OMP_NUM_THREADS": "1"})["compute_threads"] == 1
     command = srv.server_command(0, plan["threads"], workers=plan["workers"])
     assert command[command.index("--threads") + 1] == str(expected_threads)
     assert srv.server_env(tmp_path, "k" * 16, compute_threads=3, base={})["OMP_NUM_THREADS"] == "3"

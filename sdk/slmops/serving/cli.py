@@ -62,11 +62,11 @@ def serve(model, port, key, threads, workers, max_body_bytes, tracking_uri):
     plan = srv.server_plan(model_dir)
     workers = workers or plan["workers"]
     threads = threads or plan["threads"]
-    compute = max(1, plan["cores"] // workers)
+    compute = plan["compute_threads"] if workers == plan["workers"] else max(1, plan["cores"] // workers)
     click.echo(f"serving {model_dir} at {base}/score  (swagger: {base}/swagger.json, "
                f"probes: {base}/health/live {base}/health/ready)", err=False)
     click.echo(f"{workers} worker(s) x {threads} request threads, batches of up to {plan['max_batch']}, "
-               f"{compute} compute thread(s) per worker", err=False)
+               f"{compute} compute thread(s) per worker ({plan['threads_why']})", err=False)
     code = srv.run(model_dir, sock, key, max_body_bytes, threads=threads, workers=workers, compute_threads=compute)
     raise SystemExit(code)
 

@@ -33,7 +33,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from slmops import weights
+from slmops import threads, weights
 from slmops.errors import UserError
 
 SCORE_SCRIPT = Path(__file__).with_name("score.py")
@@ -74,7 +74,8 @@ def bind(port: int) -> socket.socket:
 def server_plan(model_dir: Path, env: dict | None = None) -> dict:
     """Workers, request threads per worker and compute threads per worker for serving `model_dir` on this machine:
     `slmops.serving.batcher.plan` from the cores this process may use, the memory, the model's weight bytes and
-    the max batch (SLMOPS_MAX_BATCH; a bad value is left to the worker, which reports it)."""
+    the max batch (SLMOPS_MAX_BATCH; a bad value is left to the worker, which reports it), with the compute threads
+    cut to the cores free now (`slmops.threads.choose`: OMP_NUM_THREADS when set)."""
     from slmops.serving import batcher
 
     env = os.environ if env is None else env
@@ -84,8 +85,12 @@ def server_plan(model_dir: Path, env: dict | None = None) -> dict:
                       if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
     raw = str(env.get("SLMOPS_MAX_BATCH", "")).strip()
     max_batch = int(raw) if raw.isdigit() and 1 <= int(raw) <= 256 else batcher.DEFAULT_MAX_BATCH
-    return {**batcher.plan(cores, memory, model_bytes, max_batch=max_batch), "max_batch": max_batch,
-            "cores": cores, "model_bytes": model_bytes}
+    plan = batcher.plan(cores, memory, model_bytes, max_batch=max_batch)
+    # On a machine other work keeps busy (a laptop, not an endpoint's node), compute threads beyond the free cores
+    # oversubscribe them and a batch slows tens of times (bench/contention.py): take the free share, as steps do.
+    free, why = threads.choose(env)
+    plan["compute_threads"] = max(1, min(plan["compute_threads"], free // plan["workers"]))
+    return {**plan, "max_batch": max_batch, "cores": cores, "model_bytes": model_bytes, "threads_why": why}
 
 
 def server_command(port: int, threads: int = DEFAULT_THREADS, fd: int | None = None, workers: int = 1) -> list[str]:
