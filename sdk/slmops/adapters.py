@@ -68,7 +68,7 @@ def _node_key(node) -> str:
     return re.sub(r"_Q\d+$", "", node.name)
 
 
-def lora_weights(onnx_dir: str | Path) -> dict[str, tuple[str, "object"]]:
+def lora_weights(onnx_dir: str | Path) -> dict[str, tuple[str, object]]:
     """{LoRA MatMul node: (weight name, float array)} of a model the builder wrote at fp32 with one adapter."""
     import onnx
     from onnx import numpy_helper
