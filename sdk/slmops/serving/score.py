@@ -36,7 +36,7 @@ from inference_schema.parameter_types.standard_py_parameter_type import Standard
 from inference_schema.schema_decorators import input_schema, output_schema
 
 from slmops import adapters as multi
-from slmops import generation
+from slmops import generation, threads
 from slmops.serving import batcher
 
 logger = logging.getLogger("azmlinfsrv.slmops")
@@ -81,7 +81,11 @@ class OrtGenAIModel:
     def __init__(self, folder: Path):
         import onnxruntime_genai as og
 
-        self.model = og.Model(str(folder))
+        og_config = og.Config(str(folder))
+        raw = os.environ.get("OMP_NUM_THREADS", "").strip()
+        if raw.isdigit() and int(raw) > 0:  # the worker's share of the cores (slmops serve, the deployment spec)
+            og_config.overlay(threads.ort_overlay(int(raw)))
+        self.model = og.Model(og_config)
         self.tokenizer = og.Tokenizer(self.model)
         self.og_adapters, self.adapters = multi.load_onnx_adapters(self.model, folder)  # [] without adapters/
         config = json.loads((folder / "genai_config.json").read_text())
