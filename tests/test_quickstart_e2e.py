@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -50,6 +51,34 @@ def test_quickstart_runs_every_step_and_registers(quickstart_dir):
     assert metrics["split"] == "test" and set(metrics["variants"]) >= {"base_zero_shot", "base_k_shot", "finetuned"}
     assert "Verdict:" in stdout and metrics["verdict"]["text"].split(":")[0] in stdout
     assert "slmops serve models:/slmops-quickstart-tiny@candidate" in stdout
+
+
+def test_quickstart_registers_lineage_commit_hyper_parameters_run_and_components(quickstart_dir):
+    """The registered version names the project's commit (read by the runner before snapshotting the code), the
+    training hyper-parameters finetune logged, the pipeline run and each node's component name:version."""
+    import yaml
+
+    from slmops import registry
+
+    work, _ = quickstart_dir
+    run = json.loads((work / "run" / "run.json").read_text())
+    reg = json.loads((work / "run" / "register" / "outputs" / "registration" / "registration.json").read_text())
+    tags = registry.version_tags(reg["tracking_uri"], reg["name"], reg["version"])
+    assert tags["lineage.pipeline_run_id"] == run["mlflow_run_id"] == reg["lineage"]["pipeline_run_id"]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    head = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # a git checkout (CI, a clone): the commit HEAD had when the run started, or before it
+        commit = tags["lineage.git_commit"]
+        assert subprocess.run(["git", "-C", repo, "merge-base", "--is-ancestor", commit, "HEAD"]).returncode == 0
+        assert tags["lineage.git_dirty"] in ("True", "False")
+        assert tags["lineage.code_version"].endswith(f"+g{commit[:12]}")
+    for node in run["steps"]:
+        spec = yaml.safe_load((Path(repo) / "components" / node / "component.yaml").read_text())
+        assert tags[f"lineage.component.{node}"] == f"{spec['name']}:{spec['version']}"
+    assert tags["train.method"] == "lora" and tags["lineage.train_run_id"] == reg["lineage"]["train_run_id"]
+    hyper = set(reg["lineage"]["train"])
+    assert {"learning_rate", "lora_r", "batch_size", "max_steps", "seed", "weight_decay"} <= hyper
+    assert all(tags[f"train.{k}"] == str(v) for k, v in reg["lineage"]["train"].items())
 
 
 def test_quickstart_rerun_reuses_every_step(quickstart_dir):

@@ -6,8 +6,9 @@
     register_folder(uri, run_id, folder, "model", "slmops-tone", tags)
 
 `metrics` has the shape of evaluate's metrics.json: `split`, `n`, `finetuned.accuracy`, `base.accuracy` and the prompt
-baselines `variants.base_zero_shot` / `variants.base_k_shot`. Every function takes its inputs explicitly; the tracking
-URI and the run are the caller's.
+baselines `variants.base_zero_shot` / `variants.base_k_shot` (a generation task: `rouge_l`, `bleu`, `perplexity`
+in the same places; GENERATION_GATES names its thresholds, missing_metric() says what a threshold lacks). Every
+function takes its inputs explicitly; the tracking URI and the run are the caller's.
 """
 
 from __future__ import annotations
@@ -24,6 +25,57 @@ ALIAS_RE = re.compile(r"^[\w\-]+$")
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 PROMPT_BASELINES = ("base_zero_shot", "base_k_shot")  # evaluate's variants of the base model with a prompt
 TEST_SPLIT = "test"  # the only split the gate reads evaluate's figures from
+# Set for each step by the local runner (slmops.pipeline.lineage, the same names) and by `slmops submit`:
+ENV_GIT_COMMIT = "SLMOPS_GIT_COMMIT"    # the project's commit when the pipeline run started
+ENV_GIT_DIRTY = "SLMOPS_GIT_DIRTY"      # "true"/"false": its working tree had changes
+ENV_COMPONENTS = "SLMOPS_COMPONENTS"    # JSON {node: "name:version"}
+ENV_INPUT_RUNS = "SLMOPS_INPUT_RUNS"    # JSON {input: MLflow run id of the step that produced it}
+
+
+def run_lineage(environ: dict) -> dict:
+    """What the pipeline run passed in its environment: {"git_commit", "git_dirty" (bool|None), "components",
+    "input_runs"} (None / {} for what is not set). A malformed JSON value is a bug of the runner: it raises."""
+    import json
+
+    dirty = environ.get(ENV_GIT_DIRTY)
+    return {"git_commit": environ.get(ENV_GIT_COMMIT) or None,
+            "git_dirty": {"true": True, "false": False}.get(dirty) if dirty else None,
+            "components": json.loads(environ.get(ENV_COMPONENTS) or "{}"),
+            "input_runs": json.loads(environ.get(ENV_INPUT_RUNS) or "{}")}
+
+
+TRAIN_PARAMS = {"learning_rate", "method"}  # a run that logged these is a finetune run (its contract's inputs)
+
+
+def find_train_run(tracking_uri: str, pipeline_run_id: str | None) -> str | None:
+    """Without SLMOPS_INPUT_RUNS (Azure ML): the one run directly under the pipeline run `pipeline_run_id` that
+    logged finetune's parameters; None when there is none, or several (a pipeline with two finetune jobs) that
+    cannot be told apart."""
+    if not pipeline_run_id:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    c = registry.client(tracking_uri)
+    try:
+        root = c.get_run(pipeline_run_id)
+    except MlflowException:
+        return None
+    runs = c.search_runs([root.info.experiment_id], f"tags.mlflow.parentRunId = '{pipeline_run_id}'")
+    found = [r.info.run_id for r in runs if TRAIN_PARAMS <= set(r.data.params)]
+    return found[0] if len(found) == 1 else None
+
+
+def train_params(tracking_uri: str, run_id: str | None) -> dict:
+    """The parameters finetune logged to its MLflow run `run_id` (its full hyper-parameters); {} without a run id
+    or when the registry does not hold that run."""
+    if not run_id:
+        return {}
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return dict(registry.client(tracking_uri).get_run(run_id).data.params)
+    except MlflowException:
+        return {}
 
 
 def alias_ok(alias: str) -> bool:
@@ -50,17 +102,49 @@ def check(name: str, what: str, value: float, op: str, threshold: float, scope: 
             "detail": f"{what} {shown} {name} {threshold} ({scope})"}
 
 
-def best_prompt(metrics: dict) -> tuple[str, float] | None:
-    """(variant, accuracy) of the best prompt baseline in evaluate's metrics.json (a tie keeps zero-shot)."""
-    found = [(name, number(metrics, "variants", name, "accuracy")) for name in PROMPT_BASELINES]
+# Generation-task thresholds: name -> (metric in metrics.json, what is compared, op). "value": the fine-tuned figure;
+# "gain": fine-tuned - base (zero-shot); "gain_over_prompt": fine-tuned - the best prompt baseline (for ROUGE-L,
+# evaluate's verdict metric of a generation task, higher is better).
+GENERATION_GATES = {
+    "min_rouge_l": ("rouge_l", "value", ">="),
+    "min_bleu": ("bleu", "value", ">="),
+    "max_perplexity": ("perplexity", "value", "<="),
+    "min_rouge_l_gain": ("rouge_l", "gain", ">="),
+    "min_rouge_l_gain_over_prompt": ("rouge_l", "gain_over_prompt", ">="),
+}
+METRIC_NAMES = {"rouge_l": "ROUGE-L", "bleu": "BLEU", "perplexity": "perplexity"}
+
+
+def missing_metric(metrics: dict, gate: str) -> str | None:
+    """What `metrics` lacks for the generation threshold `gate` (a sentence naming both), or None."""
+    metric, kind, _ = GENERATION_GATES[gate]
+    need = [f"finetuned.{metric}"] if number(metrics, "finetuned", metric) is None else []
+    if kind == "gain" and number(metrics, "base", metric) is None:
+        need.append(f"base.{metric}")
+    if kind == "gain_over_prompt" and best_prompt(metrics, metric) is None:
+        need.append(f"variants.{' or variants.'.join(PROMPT_BASELINES)} with {metric}")
+    if not need:
+        return None
+    return (f"--{gate} needs {' and '.join(need)} in metrics.json, which has none (task {metrics.get('task')!r}: "
+            f"{METRIC_NAMES[metric]} is a generation metric); drop --{gate} or evaluate a generation task")
+
+
+def best_prompt(metrics: dict, metric: str = "accuracy") -> tuple[str, float] | None:
+    """(variant, figure) of the best prompt baseline in evaluate's metrics.json on `metric` (higher is better; a tie
+    keeps zero-shot)."""
+    found = [(name, number(metrics, "variants", name, metric)) for name in PROMPT_BASELINES]
     found = [(name, acc) for name, acc in found if acc is not None]
     return max(found, key=lambda f: f[1]) if found else None
 
 
 def gate_checks(metrics: dict, optimize: dict | None, *, min_accuracy: float | None = None,
                 min_gain: float | None = None, min_gain_over_prompt: float | None = None,
-                max_optimized_drop: float | None = None) -> list[dict]:
-    """One check per threshold given (the caller has checked that every number a threshold needs is there)."""
+                max_optimized_drop: float | None = None, **generation: float | None) -> list[dict]:
+    """One check per threshold given (the caller has checked that every number a threshold needs is there).
+    `generation`: GENERATION_GATES thresholds by name (min_rouge_l=0.3, max_perplexity=20, ...)."""
+    unknown = sorted(set(generation) - set(GENERATION_GATES))
+    if unknown:
+        raise TypeError(f"gate_checks: unknown thresholds {unknown}; known: {sorted(GENERATION_GATES)}")
     checks = []
     tuned, base = number(metrics, "finetuned", "accuracy"), number(metrics, "base", "accuracy")
     scope = f"{metrics.get('split')} split, n={metrics.get('n')}"
@@ -83,6 +167,22 @@ def gate_checks(metrics: dict, optimize: dict | None, *, min_accuracy: float | N
                 f"{optimize.get('precision')})")
         scope = f"optimize_report: {optimize.get('split') or 'split not stated'}, n={optimize.get('n')}"
         checks.append(check("max_optimized_drop", what, drop, "<=", max_optimized_drop, scope))
+    scope = f"{metrics.get('split')} split, n={metrics.get('n')}"
+    for gate, (metric, kind, op) in GENERATION_GATES.items():
+        if generation.get(gate) is None:
+            continue
+        label, tuned = METRIC_NAMES[metric], number(metrics, "finetuned", metric)
+        if kind == "value":
+            what, value = f"fine-tuned {label} {tuned:.4f}", tuned
+        elif kind == "gain":
+            base = number(metrics, "base", metric)
+            what, value = f"{label} gain over base {tuned - base:+.4f} (fine-tuned {tuned:.4f}, base {base:.4f})", \
+                tuned - base
+        else:
+            name, prompt = best_prompt(metrics, metric)
+            what, value = (f"{label} gain over the best prompt baseline {tuned - prompt:+.4f} (fine-tuned "
+                           f"{tuned:.4f}, {name} {prompt:.4f})"), tuned - prompt
+        checks.append(check(gate, what, value, op, generation[gate], scope))
     return checks
 
 
@@ -122,11 +222,14 @@ def scalars(obj: dict | None, prefix: str = "") -> dict:
 
 def version_tags(lin: dict, checks: list[dict], step_run_id: str) -> dict[str, str]:
     """The tags every registered version carries: lineage, metrics, and the gate verdict. `lin` holds the lineage
-    scalars and `eval` / `optimize`: the reports' scalars (scalars())."""
+    scalars and `eval` / `optimize`: the reports' scalars (scalars()); optionally `train` (finetune's parameters,
+    tagged train.<name>) and `components` ({node: "name:version"}, tagged lineage.component.<node>)."""
     tags = {f"lineage.{k}": str(v) for k, v in lin.items() if v is not None and not isinstance(v, dict)}
     tags["lineage.step_run_id"] = step_run_id
     tags.update({f"eval.{k}": str(v) for k, v in lin["eval"].items()})
     tags.update({f"optimize.{k}": str(v) for k, v in lin["optimize"].items()})
+    tags.update({f"train.{k}": str(v) for k, v in (lin.get("train") or {}).items()})
+    tags.update({f"lineage.component.{node}": ref for node, ref in (lin.get("components") or {}).items()})
     tags[registry.GATE_TAG] = registry.gate_verdict(checks)     # "passed", or "none" without thresholds
     tags[registry.GATE_CHECKS_TAG] = registry.tags_json(checks)
     return tags

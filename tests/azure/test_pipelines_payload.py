@@ -189,6 +189,47 @@ def test_dry_run_cli_prints_json_and_makes_no_network_call(monkeypatch):
     assert payload["job"]["properties"]["jobs"]["finetune"]["resources"] == {"instance_count": 2}
 
 
+@pytest.mark.parametrize("name", ["finetune.yaml", "finetune_sweep.yaml"])
+def test_dry_run_gives_every_step_the_commit_and_component_versions(name, tmp_path, monkeypatch):
+    """submit reads the project's git state once, before azure-ai-ml snapshots the code, and sets the lineage
+    variables on every node (sweep nodes too) under the job's own environment_variables; register reads them."""
+    import subprocess
+
+    import yaml
+    from click.testing import CliRunner
+
+    from slmops.cli import main
+    from slmops.pipeline import lineage
+
+    calls = []
+    real = lineage.git_state
+    monkeypatch.setattr(lineage, "git_state", lambda folder: calls.append(folder) or real(folder))
+    result = CliRunner().invoke(main, ["submit", str(ROOT / "pipelines" / name), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert calls == [(ROOT / "pipelines").resolve()]
+    jobs = json.loads(result.stdout)["job"]["properties"]["jobs"]
+    refs = {n: "{name}:{version}".format(**yaml.safe_load((ROOT / "components" / n / "component.yaml").read_text()))
+            for n in OUR_NODES}
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    for node_name, node in jobs.items():
+        env = node["environment_variables"]
+        assert json.loads(env["SLMOPS_COMPONENTS"]) == refs, node_name
+        if head.returncode == 0:  # a git checkout: the commit HEAD had, and whether the tree was dirty
+            assert env["SLMOPS_GIT_COMMIT"] == head.stdout.strip() and env["SLMOPS_GIT_DIRTY"] in ("true", "false")
+        else:
+            assert "SLMOPS_GIT_COMMIT" not in env
+
+
+def test_a_job_s_own_environment_variables_win_over_the_lineage_ones(project_envs):
+    job = submit.load_pipeline(ROOT / "pipelines" / "finetune.yaml", {}, [], None, ROOT)
+    job.jobs["register"].environment_variables = {"SLMOPS_GIT_COMMIT": "mine", "OTHER": "1"}
+    submit.set_lineage_env(job, {"commit": "c" * 40, "dirty": False})
+    assert job.jobs["register"].environment_variables["SLMOPS_GIT_COMMIT"] == "mine"
+    assert job.jobs["register"].environment_variables["OTHER"] == "1"
+    assert job.jobs["prep"].environment_variables["SLMOPS_GIT_COMMIT"] == "c" * 40
+    assert job.jobs["prep"].environment_variables["SLMOPS_GIT_DIRTY"] == "false"
+
+
 @pytest.mark.parametrize("sets, given", [
     ({}, set()),
     ({"base_model_id": "HuggingFaceTB/SmolLM2-135M-Instruct"}, {"base_model_id"}),

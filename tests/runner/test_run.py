@@ -53,6 +53,37 @@ def test_second_run_reuses_everything_and_one_changed_parameter_reruns_its_depen
     assert value(runs / "r3" / "outputs" / "final") == 200.0
 
 
+def test_each_step_gets_the_commit_read_once_the_component_versions_and_its_input_runs(runs):
+    """SLMOPS_GIT_COMMIT/DIRTY: the git state of the work tree holding the pipeline, read before the snapshot;
+    SLMOPS_COMPONENTS: every node's name:version; SLMOPS_INPUT_RUNS: the run that produced each input — after a
+    re-run with one changed parameter, the run a reused upstream step came from."""
+    import subprocess
+
+    assert run(runs, "pipe5.yaml", "l1").exit_code == 0
+    assert run(runs, "pipe5.yaml", "l2", "--set", "m=11").exit_code == 0      # d and e re-run, a/b/c reused
+    log = lambda name, node: (runs / name / node / "user_logs" / "std_log.txt").read_text()  # noqa: E731
+    first = {n: step(runs, "l1", n)["mlflow_run_id"] for n in "abcde"}
+    assert f"input_runs={json.dumps({'a': first['a'], 'b': first['b']})}" in log("l1", "c")
+    assert "input_runs=None" in log("l1", "a")                                  # literal inputs only
+    assert states(runs, "l2")["c"] == "reused" and states(runs, "l2")["d"] == "done"
+    assert f"input_runs={json.dumps({'a': first['c']})}" in log("l2", "d")      # c's run of l1, not its stub
+    second_d = step(runs, "l2", "d")["mlflow_run_id"]
+    assert f"input_runs={json.dumps({'a': second_d, 'b': first['a']})}" in log("l2", "e")
+    assert f"components={json.dumps({n: 'add:1' for n in 'abcde'})}" in log("l1", "a")
+    head = subprocess.run(["git", "-C", str(ASSETS), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:      # the assets are in a git checkout (CI, a clone)
+        commit = head.stdout.strip()
+        assert f"lineage SLMOPS_GIT_COMMIT={commit} SLMOPS_GIT_DIRTY=" in log("l1", "a")
+        from mlflow import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{runs / '.slmops' / 'mlflow.db'}")
+        parent = client.get_run(json.loads((runs / "l1" / "run.json").read_text())["mlflow_run_id"])
+        assert parent.data.tags["mlflow.source.git.commit"] == commit
+        assert parent.data.tags["slmops.git_dirty"] in ("true", "false")
+    else:
+        assert "lineage SLMOPS_GIT_COMMIT=None SLMOPS_GIT_DIRTY=None" in log("l1", "a")
+
+
 @pytest.mark.parametrize("parallel, b_starts_before_a_ends", [("1", False), ("2", True)])
 def test_max_parallel_bounds_the_steps_running_at_once(runs, parallel, b_starts_before_a_ends):
     result = run(runs, "pipe5.yaml", "r1", "--max-parallel", parallel)

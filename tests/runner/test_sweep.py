@@ -374,6 +374,8 @@ def test_slmops_run_sweep_node_kills_a_bad_trial_and_adopts_the_best(tmp_path, m
     assert "trial 0 early_terminated" in result.output and "bandit" in result.output
     assert (run_dir / "tune" / "outputs" / "out" / "x.txt").read_text() == "3.0\n"
     assert (run_dir / "outputs" / "best_x" / "x.txt").read_text() == "3.0\n"  # through the downstream node
+    # the downstream step is told which run made its input: the best trial's (its params are the hyper-parameters)
+    assert json.loads((run_dir / "outputs" / "best_x" / "runs.json").read_text()) == {"best": summary["best_run_id"]}
 
     again = CliRunner().invoke(main, ["run", str(pipeline), "--run-dir", str(tmp_path / "runs" / "second")])
     assert again.exit_code == 0, again.output

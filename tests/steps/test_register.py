@@ -34,6 +34,8 @@ def env(store, monkeypatch):
     monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
     monkeypatch.setenv("AZUREML_ROOT_RUN_ID", "pipeline-run-42")
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    for name in ("SLMOPS_GIT_COMMIT", "SLMOPS_GIT_DIRTY", "SLMOPS_COMPONENTS", "SLMOPS_INPUT_RUNS"):
+        monkeypatch.delenv(name, raising=False)  # set only by the tests that pass a pipeline run's lineage
     return uri
 
 
@@ -356,3 +358,156 @@ def test_gate_failure_is_a_gate_error_in_process(env, tmp_path):
         register.main(argv(write_inputs(tmp_path / "in", tuned=0.1), tmp_path / "r", "tone-x", min_accuracy=0.2))
     assert exc.value.exit_code == 3
     assert exc.value.problems == ["fine-tuned accuracy 0.1000 < min_accuracy 0.2 (test split, n=60)"]
+
+
+# ---------------------------------------------------------------------------------------------- generation gate
+
+def write_generation_metrics(folder, *, rouge=0.45, base_rouge=0.1, prompt_rouge=0.3, bleu=21.0, ppl=8.0):
+    """evaluate's metrics.json for a generation task (ROUGE-L 0-1, BLEU 0-100, perplexity); `prompt_rouge`: the base
+    model's k-shot ROUGE-L."""
+    def variant(r, b, p):
+        return {"rouge_l": r, "rouge_l_ci": [r - 0.05, r + 0.05], "bleu": b, "perplexity": p, "n": 40}
+    base, tuned = variant(base_rouge, 3.0, 60.0), variant(rouge, bleu, ppl)
+    (folder / "metrics.json").write_text(json.dumps({
+        "task": "generation", "split": "test", "n": 40, "k_shot": 3, "base": base, "finetuned": tuned,
+        "delta": {"rouge_l": rouge - base_rouge}, "verdict": {"metric": "rouge_l", "text": "Fine-tuning wins."},
+        "variants": {"base_zero_shot": base, "base_k_shot": variant(prompt_rouge, 9.0, 30.0), "finetuned": tuned}}))
+
+
+GEN_GATE = {"min_rouge_l": 0.4, "min_bleu": 20.0, "max_perplexity": 10.0, "min_rouge_l_gain": 0.3,
+            "min_rouge_l_gain_over_prompt": 0.1}
+
+
+@pytest.mark.parametrize("figures, gate, failed", [
+    ({}, GEN_GATE, []),
+    (dict(rouge=0.35), {"min_rouge_l": 0.4}, ["fine-tuned ROUGE-L 0.3500 < min_rouge_l 0.4 (test split, n=40)"]),
+    (dict(bleu=12.5), {"min_bleu": 20.0}, ["fine-tuned BLEU 12.5000 < min_bleu 20.0 (test split, n=40)"]),
+    (dict(ppl=14.0), {"max_perplexity": 10.0}, ["fine-tuned perplexity 14.0000 > max_perplexity 10.0"]),
+    (dict(rouge=0.35, base_rouge=0.3), {"min_rouge_l_gain": 0.1},
+     ["ROUGE-L gain over base +0.0500 (fine-tuned 0.3500, base 0.3000) < min_rouge_l_gain 0.1"]),
+    # the k-shot prompt is the best baseline: far above base zero-shot, close to the fine-tune
+    (dict(rouge=0.45, base_rouge=0.1, prompt_rouge=0.42),
+     {"min_rouge_l_gain": 0.3, "min_rouge_l_gain_over_prompt": 0.1},
+     ["ROUGE-L gain over the best prompt baseline +0.0300 (fine-tuned 0.4500, base_k_shot 0.4200) < "
+      "min_rouge_l_gain_over_prompt 0.1 (test split, n=40)"]),
+    (dict(rouge=0.1, bleu=1.0, ppl=90.0, base_rouge=0.1, prompt_rouge=0.2), GEN_GATE,
+     ["fine-tuned ROUGE-L 0.1000 < min_rouge_l 0.4", "fine-tuned BLEU 1.0000 < min_bleu 20.0",
+      "fine-tuned perplexity 90.0000 > max_perplexity 10.0", "ROUGE-L gain over base +0.0000",
+      "ROUGE-L gain over the best prompt baseline -0.1000 (fine-tuned 0.1000, base_k_shot 0.2000)"]),
+])
+def test_generation_gate_passes_or_exits_3_naming_every_failed_check(env, tmp_path, capsys, figures, gate, failed):
+    name = f"gen-{len(failed)}-{'-'.join(sorted(gate))}".replace("_", "")
+    paths = write_inputs(tmp_path / "in")
+    del paths["optimize_report"]
+    write_generation_metrics(paths["eval_metrics"], **figures)
+    out = tmp_path / "registration"
+    if not failed:
+        result = register.main(argv(paths, out, name, **gate))
+        assert [c["name"] for c in result["gate"]["checks"]] == list(GEN_GATE)
+        assert all(c["passed"] for c in result["gate"]["checks"])
+        tags = registry.version_tags(env, name, result["version"])
+        assert tags["gate"] == "passed" and [c["name"] for c in json.loads(tags["gate.checks"])] == list(GEN_GATE)
+        assert float(tags["eval.finetuned.rouge_l"]) == 0.45 and float(tags["eval.finetuned.perplexity"]) == 8.0
+        return
+    with pytest.raises(SystemExit) as exc:
+        run_main(register.main, argv(paths, out, name, **gate))
+    assert exc.value.code == 3
+    err = capsys.readouterr().err
+    assert f"quality gate failed ({len(failed)} of {len(gate)} checks); nothing registered" in err
+    for line in failed:
+        assert line in err
+    assert not out.exists() and registry.list_versions(env, name) == []
+
+
+@pytest.mark.parametrize("task, gate, problems", [
+    ("classification", {"min_rouge_l": 0.3},
+     ["--min_rouge_l needs finetuned.rouge_l in metrics.json, which has none (task 'classification': ROUGE-L is a "
+      "generation metric); drop --min_rouge_l or evaluate a generation task"]),
+    ("classification", {"min_bleu": 10, "max_perplexity": 20},
+     ["--min_bleu needs finetuned.bleu", "--max_perplexity needs finetuned.perplexity"]),
+    ("classification", {"min_rouge_l_gain_over_prompt": 0.0},
+     ["--min_rouge_l_gain_over_prompt needs finetuned.rouge_l and variants.base_zero_shot or variants.base_k_shot "
+      "with rouge_l"]),
+    ("generation", {"min_accuracy": 0.5},
+     ["--min_accuracy needs finetuned.accuracy in metrics.json, which has none (task 'generation')"]),
+    ("generation", {"min_rouge_l": 1.5, "min_bleu": 101, "max_perplexity": 0.5, "min_rouge_l_gain": -2},
+     ["--min_rouge_l: 1.5 is above the maximum 1.0", "--min_bleu: 101", "--max_perplexity: 0.5",
+      "--min_rouge_l_gain: -2"]),
+])
+def test_generation_threshold_without_its_metric_or_out_of_range_exits_2(env, tmp_path, capsys, task, gate, problems):
+    paths = write_inputs(tmp_path / "in")
+    if task == "generation":
+        write_generation_metrics(paths["eval_metrics"])
+    out = tmp_path / "registration"
+    with pytest.raises(SystemExit) as exc:
+        run_main(register.main, argv(paths, out, "gen-bad", **gate))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"register: {len(problems)} problem(s)" in err
+    for p in problems:
+        assert p in err
+    assert not out.exists() and registry.list_versions(env, "gen-bad") == []
+
+
+# ---------------------------------------------------------------------------------------------- lineage
+
+def test_lineage_from_the_pipeline_run_commit_dirty_components_and_training_params(env, store, tmp_path,
+                                                                                    monkeypatch):
+    """What the runner (or submit) sets in the step's environment lands in the version's tags; the hyper-parameters
+    are those finetune logged to the run that produced --model."""
+    c = registry.client(env)
+    finetune = c.create_run(store[1])
+    for key, value in {"learning_rate": "0.0002", "lora_r": "8", "method": "lora", "weight_decay": "0.01"}.items():
+        c.log_param(finetune.info.run_id, key, value)
+    commit = "fedcba9876543210" * 2 + "fedcba98"
+    monkeypatch.setenv("SLMOPS_GIT_COMMIT", commit)
+    monkeypatch.setenv("SLMOPS_GIT_DIRTY", "true")
+    monkeypatch.setenv("SLMOPS_COMPONENTS", json.dumps({"finetune": "slmops_finetune:0.1.0",
+                                                        "register": "slmops_register:0.1.0"}))
+    monkeypatch.setenv("SLMOPS_INPUT_RUNS", json.dumps({"model": finetune.info.run_id, "eval_metrics": "x"}))
+    result = register.main(argv(write_inputs(tmp_path / "in"), tmp_path / "reg", "tone-lineage"))
+    for name in ("tone-lineage", "tone-lineage-onnx"):
+        tags = registry.version_tags(env, name, "1")
+        assert tags["lineage.git_commit"] == commit and tags["lineage.git_dirty"] == "True"
+        assert tags["lineage.code_version"] == f"{slmops.__version__}+gfedcba987654"
+        assert tags["lineage.component.finetune"] == "slmops_finetune:0.1.0"
+        assert tags["lineage.component.register"] == "slmops_register:0.1.0"
+        assert tags["lineage.train_run_id"] == finetune.info.run_id
+        assert (tags["train.learning_rate"], tags["train.lora_r"], tags["train.weight_decay"]) == \
+            ("0.0002", "8", "0.01")
+        assert tags["lineage.pipeline_run_id"] == "pipeline-run-42"
+    assert result["lineage"]["train"]["method"] == "lora" and result["lineage"]["git_dirty"] is True
+
+
+def test_lineage_env_names_agree_with_the_runner():
+    from slmops import registration
+    from slmops.pipeline import lineage
+
+    assert (registration.ENV_GIT_COMMIT, registration.ENV_GIT_DIRTY, registration.ENV_COMPONENTS,
+            registration.ENV_INPUT_RUNS) == (lineage.GIT_COMMIT, lineage.GIT_DIRTY, lineage.COMPONENTS,
+                                             lineage.INPUT_RUNS)
+
+
+def test_without_input_runs_the_one_finetune_run_of_the_pipeline_gives_the_hyper_parameters(env, store, tmp_path,
+                                                                                            monkeypatch):
+    """On Azure ML no SLMOPS_INPUT_RUNS is set: the run under the pipeline run that logged finetune's parameters is
+    found; with two such runs (two finetune jobs) neither is guessed."""
+    c = registry.client(env)
+    parent = c.create_run(store[1])
+    monkeypatch.setenv("AZUREML_ROOT_RUN_ID", parent.info.run_id)
+    c.create_run(store[1], tags={"mlflow.parentRunId": parent.info.run_id})          # prep: no such params
+    first = c.create_run(store[1], tags={"mlflow.parentRunId": parent.info.run_id})
+    for key, value in {"learning_rate": "0.001", "method": "qlora", "lora_r": "4"}.items():
+        c.log_param(first.info.run_id, key, value)
+    result = register.main(argv(write_inputs(tmp_path / "in"), tmp_path / "reg1", "tone-azure-train"))
+    tags = registry.version_tags(env, "tone-azure-train", result["version"])
+    assert tags["lineage.train_run_id"] == first.info.run_id
+    assert (tags["train.method"], tags["train.lora_r"]) == ("qlora", "4")
+
+    second = c.create_run(store[1], tags={"mlflow.parentRunId": parent.info.run_id})
+    for key, value in {"learning_rate": "0.002", "method": "lora"}.items():
+        c.log_param(second.info.run_id, key, value)
+    result = register.main(argv(write_inputs(tmp_path / "in2"), tmp_path / "reg2", "tone-azure-train"))
+    tags = registry.version_tags(env, "tone-azure-train", result["version"])
+    assert "lineage.train_run_id" not in tags and not any(k.startswith("train.") for k in tags)
+    assert result["lineage"]["train"] == {} and result["lineage"]["train_run_id"] is None

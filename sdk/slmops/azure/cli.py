@@ -82,10 +82,12 @@ def submit(ctx, pipeline, sets, compute, experiment, dry_run, strict, project_di
            workspace):
     """Submit PIPELINE (the same YAML `slmops run` runs) to Azure ML; print the run name and Studio URL."""
     from slmops.azure import environments, submit as submitting
+    from slmops.pipeline import lineage
     from slmops.pipeline.overrides import parse_sets
 
     job = submitting.load_pipeline(pipeline, parse_sets(sets), list(compute), experiment, Path.cwd(), strict=strict,
                                    echo=lambda text: click.echo(text, err=True))
+    submitting.set_lineage_env(job, lineage.git_state(pipeline.resolve().parent))  # before the code is snapshotted
     root = project_dir or environments.project_root(pipeline.resolve().parent)
     envs_used = submitting.pin_environments(job, environments.load_environments(root / "environments"))
     if dry_run:

@@ -1,6 +1,7 @@
 """Submit a pipeline YAML to Azure ML, show what would be sent, and follow the run.
 
     job = load_pipeline(Path("pipelines/finetune.yaml"), {"max_steps": "200"}, ["finetune=nc24"], None, cwd)
+    set_lineage_env(job, lineage.git_state(Path("pipelines")))   # commit, dirty flag, component versions
     envs = pin_environments(job, load_environments(root / "environments"))
     print(json.dumps(dry_run_payload(job, envs)))        # offline: no credential, no network
     created = submit(ml_client, job, envs)                # ensures environments, then jobs.create_or_update
@@ -43,6 +44,20 @@ def components_of(job) -> dict:
         if not isinstance(component, str):
             found[name] = component
     return found
+
+
+def set_lineage_env(job, git: dict | None) -> None:
+    """Give every step the lineage variables the local runner sets (slmops.pipeline.lineage: the project's git
+    commit and dirty flag, read once before azure-ai-ml snapshots the code, and each node's component name:version),
+    under the job's own environment_variables, which win. A sweep node's trials get them through the sweep node."""
+    from slmops.pipeline.checks import component_ref
+    from slmops.pipeline.lineage import step_env
+
+    refs = {name: ref for name, component in components_of(job).items() if (ref := component_ref(component))}
+    env = step_env(git, refs, {})
+    for node in job.jobs.values():
+        if hasattr(node, "environment_variables"):
+            node.environment_variables = {**env, **(node.environment_variables or {})}
 
 
 def pin_environments(job, envs: dict[str, ProjectEnvironment]) -> list[ProjectEnvironment]:

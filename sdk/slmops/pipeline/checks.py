@@ -370,7 +370,8 @@ class Builder:
                 outputs=outputs, distribution=distribution, resources=resources,
                 is_deterministic=bool(comp.get("is_deterministic", True)), sweep=sweep,
                 environment_variables=data.get("environment_variables") or None,
-                timeout=(data.get("limits") or {}).get("timeout") if kind == "command" else None)
+                timeout=(data.get("limits") or {}).get("timeout") if kind == "command" else None,
+                component_ref=component_ref(comp_obj))
 
     def check_command(self, command: str, specs: dict, inputs: dict, outputs: dict, searched: set[str],
                       where: str) -> None:
@@ -448,3 +449,18 @@ class Builder:
                 del self.exports[key]
 
 
+
+
+def component_ref(entity) -> str | None:
+    """`name:version` as the component's YAML file declares them (loaded inline, azure-ai-ml names the entity
+    azureml_anonymous); None for a component not read from a file."""
+    import yaml
+
+    src = getattr(entity, "_source_path", None)
+    if not src or not Path(src).is_file():
+        return None
+    data = yaml.safe_load(Path(src).read_text()) or {}
+    name, version = data.get("name"), data.get("version")
+    if not name:
+        return None
+    return f"{name}:{version}" if version is not None else str(name)

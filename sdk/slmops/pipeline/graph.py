@@ -34,6 +34,7 @@ class Node:
     sweep: dict | None = None               # search_space, sampling_algorithm, objective, limits, early_termination
     environment_variables: dict | None = None   # the job's `environment_variables:`, set for its processes
     timeout: float | None = None            # the job's `limits.timeout` in seconds: the step is killed after it
+    component_ref: str | None = None        # "name:version" of the component YAML (azure-ai-ml renames it anonymous)
 
     def upstream(self) -> list[str]:
         return sorted({b["node"] for b in self.inputs.values() if "node" in b})

@@ -79,6 +79,8 @@ def cached_graph(pipeline: Path, sets: dict[str, str], store: Path, cwd: Path | 
     try:
         entry = json.loads(cache_file.read_text())
         graph = Graph.from_json(entry["graph"])
+        if any("component_ref" not in node for node in entry["graph"]["nodes"].values()):
+            entry = None                                    # cached by an slmops without component_ref: rebuild
     except (OSError, ValueError, KeyError, TypeError):
         entry = None
     if entry is not None:

@@ -108,6 +108,7 @@ def run(pipeline: Path, set_: tuple[str, ...], strict: bool, run_dir: Path | Non
     from slmops.runner.assets import StandIns, apply_pipeline_outputs
     from slmops.runner.display import Display
     from slmops.runner.envs import Environments, RunnerPython, docker_available
+    from slmops.pipeline import lineage
     from slmops.runner import watchdog
     from slmops.runner.executor import Executor
     from slmops.runner.store import Store
@@ -142,8 +143,9 @@ def run(pipeline: Path, set_: tuple[str, ...], strict: bool, run_dir: Path | Non
     watch = watchdog.Client(run_dir, uri)     # stops the steps even if this process is SIGKILLed
     tracker = watchdog.Watched(open_tracker(uri, graph.experiment_name, store.root), watch)
     display = Display(list(graph.nodes))
+    git = lineage.git_state(pipeline.resolve().parent)   # once, before any step's code is snapshotted
     executor = Executor(graph, run_dir, store, tracker, display, max_parallel, force_rerun, str(pipeline.resolve()),
-                        envs=envs, plans=plans, stand_ins=stand_ins, watch=watch)
+                        envs=envs, plans=plans, stand_ins=stand_ins, watch=watch, git=git)
     for signum in (signal.SIGTERM, signal.SIGHUP):   # `timeout`, CI cancels, a closed terminal: stop cleanly
         signal.signal(signum, _stop)
     try:

@@ -13,10 +13,12 @@ what the environment resolved to.
 A step's process: `bash -c <command>` in a fresh working copy of the component's `code:` snapshot
 (`slmops.runner.workspace`), with `./outputs` present, its own throw-away Python layer first on PATH (`python`,
 `pip`: what it pip-installs stays there), and MLFLOW_TRACKING_URI, MLFLOW_RUN_ID, MLFLOW_EXPERIMENT_ID,
-AZUREML_RUN_ID and AZUREML_ROOT_RUN_ID set. Under `distribution: pytorch` it is started `process_count_per_instance`
-times, each copy with RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, NODE_RANK, MASTER_ADDR and MASTER_PORT set,
-as Azure ML's launcher does on one node. When it ends, `./outputs` becomes the artifacts of its MLflow run and the
-working copy is removed (a failed step's is kept for a look; `slmops cache prune` removes it later).
+AZUREML_RUN_ID and AZUREML_ROOT_RUN_ID set, and the lineage variables (`slmops.pipeline.lineage`: the project's git
+commit and dirty flag read once when the run started, the component versions, the runs that produced its inputs).
+Under `distribution: pytorch` it is started `process_count_per_instance` times, each copy with RANK, WORLD_SIZE,
+LOCAL_RANK, LOCAL_WORLD_SIZE, NODE_RANK, MASTER_ADDR and MASTER_PORT set, as Azure ML's launcher does on one node.
+When it ends, `./outputs` becomes the artifacts of its MLflow run and the working copy is removed (a failed step's
+is kept for a look; `slmops cache prune` removes it later).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from slmops.errors import UserError
 from slmops.io import write_json
 from slmops.pipeline.checks import INPUT_REF, OPTIONAL, format_value
 from slmops.pipeline.graph import Graph, Node, toposort
+from slmops.pipeline import lineage
 from slmops.runner import shell
 from slmops.runner.assets import StandIns
 from slmops.runner.display import Display
@@ -234,8 +237,10 @@ class EnvBuild:
 class Executor:
     def __init__(self, graph: Graph, run_dir: Path, store: Store, tracker, display: Display, max_parallel: int,
                  force_rerun: bool, pipeline_file: str = "", envs: Environments | None = None,
-                 plans: dict[str, Plan] | None = None, stand_ins: StandIns | None = None, watch=None):
+                 plans: dict[str, Plan] | None = None, stand_ins: StandIns | None = None, watch=None,
+                 git: dict | None = None):
         self.graph = graph
+        self.git = git              # lineage.git_state() of the project, read before any code was snapshotted
         self.watch = watch          # slmops.runner.watchdog.Client: stops the steps if this process is SIGKILLed
         self.run_dir = Path(run_dir).resolve()
         self.store = store
@@ -267,6 +272,8 @@ class Executor:
         self.removals: list[threading.Thread] = []    # working copies being removed
         self.parent_params: dict[str, str] = {}       # <node>.<input> -> value, params of the pipeline's run
         self.parent_run = ""
+        self.source_runs: dict[str, str] = {}         # node -> the run that made its outputs (sweep: best trial)
+        self.components = {n: node.component_ref for n, node in graph.nodes.items() if node.component_ref}
 
     @property
     def run_name(self) -> str:
@@ -280,7 +287,9 @@ class Executor:
         os.environ["MLFLOW_TRACKING_URI"] = self.tracker.uri          # read by the sweep's metric reader
         self.parent_run = self.tracker.start_run(
             self.graph.name, tags={"slmops.kind": "pipeline", "slmops.pipeline": self.pipeline_file,
-                                   "slmops.run_dir": str(self.run_dir)})
+                                   "slmops.run_dir": str(self.run_dir),
+                                   **({"mlflow.source.git.commit": self.git["commit"],
+                                       "slmops.git_dirty": str(self.git["dirty"]).lower()} if self.git else {})})
         from slmops.runner.envs import format_notices
 
         for text in format_notices(self.plans):
@@ -449,6 +458,7 @@ class Executor:
             self.tracker.end_run(run_id, "FINISHED")
             self.outputs[node.name] = self.store.done_outputs(key, node.outputs)
             self.hashes[node.name] = finished["output_hashes"]
+            self.source_runs[node.name] = finished.get("source_run_id") or finished.get("run_id", "")
             log_path.parent.mkdir(parents=True, exist_ok=True)
             cached_log = self.store.step_dir(key) / "std_log.txt"
             log_path.write_text(f"[slmops] reused the outputs of step key {key} (MLflow run "
@@ -480,7 +490,7 @@ class Executor:
             work = None
         else:
             work = Workspace.create(self.store.root / "work", snapshot, f"{key[:16]}-{node.name}")
-            env = self._env(run_id, node.environment_variables, plan, work)
+            env = self._env(run_id, node, plan, work)
             command = render_command(node.command, values, outputs, f"jobs.{node.name}.command")
             dist = node.distribution or {}
             processes = int(dist.get("process_count_per_instance") or 1) if dist.get("type") == "pytorch" else 1
@@ -493,9 +503,12 @@ class Executor:
         self._remember(node, key, parts, env_identity)
         self._set(node.name, "running")
 
-    def _env(self, run_id: str, extra: dict | None, plan: Plan, work: Workspace) -> dict:
+    def _env(self, run_id: str, node: Node, plan: Plan, work: Workspace) -> dict:
         env = dict(os.environ)
-        env.update({k: str(v) for k, v in (extra or {}).items()})
+        input_runs = {name: self.source_runs[b["node"]] for name, b in node.inputs.items()
+                      if "node" in b and self.source_runs.get(b["node"])}
+        env.update(lineage.step_env(self.git, self.components, input_runs))
+        env.update({k: str(v) for k, v in (node.environment_variables or {}).items()})
         env.update(MLFLOW_TRACKING_URI=self.tracker.uri, MLFLOW_RUN_ID=run_id,
                    MLFLOW_EXPERIMENT_ID=str(self.tracker.experiment_id), AZUREML_RUN_ID=run_id,
                    AZUREML_ROOT_RUN_ID=self.parent_run, PYTHONUNBUFFERED="1")
@@ -527,7 +540,8 @@ class Executor:
                    and os.path.exists(v)]
         keep = {"MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "AZUREML_RUN_ID",
                 "AZUREML_ROOT_RUN_ID", "PYTHONUNBUFFERED", "OMP_NUM_THREADS", "MLFLOW_DISABLE_TELEMETRY", "RANK",
-                "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"}
+                "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT",
+                lineage.GIT_COMMIT, lineage.GIT_DIRTY, lineage.COMPONENTS, lineage.INPUT_RUNS}
         extra = set(node.environment_variables or {})
 
         def wrap(command: str, env: dict) -> list[str]:
@@ -629,8 +643,11 @@ class Executor:
             return
         if log_path.exists():
             shutil.copyfile(log_path, self.store.step_dir(active.key) / "std_log.txt")
+        source = active.handle.result.best_run_id if node.kind == "sweep" else active.run_id
+        self.source_runs[name] = source
         self.outputs[name] = self.store.complete(active.key, {"node": name, "run_id": active.run_id,
-                                                              "finished": time.time()}, node.outputs)
+                                                              "source_run_id": source, "finished": time.time()},
+                                                 node.outputs)
         self.hashes[name] = self.store.finished(active.key)["output_hashes"]
         self.tracker.end_run(active.run_id, "FINISHED")
         for out_name, path in self.outputs[name].items():
@@ -743,7 +760,7 @@ class SweepHandle:
         work = Workspace.create(self.ex.store.root / "work", self.snapshot,
                                 f"{self.key[:16]}-{self.node.name}-trial-{index}")
         proc = StepProcess(f"{self.node.name}[{index}]", command, work.cwd,
-                           self.ex._env(run_id, self.node.environment_variables, self.plan, work), log_path,
+                           self.ex._env(run_id, self.node, self.plan, work), log_path,
                            self.ex.display, lock_fds=self.lock_fds, python=str(work.layer / "bin" / "python"),
                            wrap=self.ex._docker(self.plan, work, values, self.node), watch=self.ex.watch)
         ended = []

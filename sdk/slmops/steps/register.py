@@ -6,6 +6,14 @@ The gate is checked first, from evaluate's metrics.json and optimize's optimize_
   --min_gain_over_prompt  fine-tuned - best prompt baseline accuracy        >= min_gain_over_prompt
                           (the better of evaluate's base_zero_shot and base_k_shot variants)
   --max_optimized_drop    accuracy lost in ONNX                             <= max_optimized_drop
+and, for a generation task (evaluate's ROUGE-L, BLEU, perplexity):
+  --min_rouge_l           fine-tuned ROUGE-L (0-1)                          >= min_rouge_l
+  --min_bleu              fine-tuned BLEU (0-100)                           >= min_bleu
+  --max_perplexity        fine-tuned perplexity                             <= max_perplexity
+  --min_rouge_l_gain      fine-tuned - base (zero-shot) ROUGE-L             >= min_rouge_l_gain
+  --min_rouge_l_gain_over_prompt  fine-tuned - best prompt baseline ROUGE-L >= min_rouge_l_gain_over_prompt
+A threshold whose metric metrics.json lacks (--min_rouge_l on a classification report, --min_accuracy on a
+generation one) is an input error naming both (exit 2).
 The evaluate checks read test-split figures only: a metrics.json not scored on prep's test split is an input error
 (exit 2); each check's detail names the split and row count. A failed check fails the step (exit 3) naming every
 failed check with its numbers; nothing is registered.
@@ -51,7 +59,8 @@ TEST_SPLIT = registration.TEST_SPLIT  # the only split the gate reads evaluate's
 CONTRACT = Component(
     name="register", display_name="slmops: gate and register",
     description="Check the quality gate on test-split figures (minimum accuracy, minimum gain over the base model "
-                "and over the best prompt baseline, maximum accuracy drop after optimization); when it passes, "
+                "and over the best prompt baseline, maximum accuracy drop after optimization; for generation tasks "
+                "minimum ROUGE-L/BLEU, maximum perplexity, minimum ROUGE-L gain); when it passes, "
                 "register the fine-tuned model (and the ONNX model) in the MLflow registry with lineage tags and the "
                 "alias `candidate`. A failed gate fails the step and registers nothing.",
     inputs=[
@@ -79,6 +88,17 @@ CONTRACT = Component(
               max=1.0),
         Input("max_optimized_drop", "number", "Gate: accuracy lost by the ONNX model (optimize_report "
               "accuracy_drop) must be at most this.", optional=True, min=0.0, max=1.0),
+        Input("min_rouge_l", "number", "Gate (generation task): fine-tuned ROUGE-L (0-1) must be at least this.",
+              optional=True, min=0.0, max=1.0),
+        Input("min_bleu", "number", "Gate (generation task): fine-tuned BLEU (0-100, sacrebleu) must be at least "
+              "this.", optional=True, min=0.0, max=100.0),
+        Input("max_perplexity", "number", "Gate (generation task): fine-tuned perplexity on the test completions "
+              "must be at most this.", optional=True, min=1.0),
+        Input("min_rouge_l_gain", "number", "Gate (generation task): fine-tuned minus base (zero-shot) ROUGE-L must "
+              "be at least this.", optional=True, min=-1.0, max=1.0),
+        Input("min_rouge_l_gain_over_prompt", "number", "Gate (generation task): fine-tuned ROUGE-L minus the best "
+              "prompt baseline's (base zero-shot or k-shot) must be at least this.", optional=True, min=-1.0,
+              max=1.0),
         Input("alias", "string", "Alias set on the new versions (moved there if it exists).", default="candidate"),
         Input("adapter", "uri_folder", "finetune's adapter output (LoRA); also registered, as <model_name>-adapter, "
               "naming its base model (id and weights sha256).", optional=True),
@@ -154,8 +174,8 @@ def validate(args: argparse.Namespace, tracking_uri: str | None) -> dict:
         problems.append(f"--train_data {args.train_data!r}: data_report.json has no sha256 (content hash); "
                         f"re-run prep with this version of slmops")
     if metrics is not None:
-        eval_gates = [f"--{n}" for n in ("min_accuracy", "min_gain", "min_gain_over_prompt")
-                      if getattr(args, n) is not None]
+        eval_gates = [f"--{n}" for n in ("min_accuracy", "min_gain", "min_gain_over_prompt",
+                                         *registration.GENERATION_GATES) if getattr(args, n) is not None]
         split = metrics.get("split")
         if eval_gates and split != TEST_SPLIT:
             scored = "names no split" if split is None else f"was scored on the {split!r} split"
@@ -173,6 +193,10 @@ def validate(args: argparse.Namespace, tracking_uri: str | None) -> dict:
                                           or registration.number(metrics, "base", "accuracy") is None):
             problems.append("--min_gain needs base.accuracy and finetuned.accuracy in metrics.json; "
                             "evaluate with a base model on a classification task, or drop --min_gain")
+        for gate in registration.GENERATION_GATES:
+            missing = registration.missing_metric(metrics, gate) if getattr(args, gate) is not None else None
+            if missing:
+                problems.append(missing)
     if args.adapter_name is not None:
         if args.optimize_report is None:
             problems.append(f"--adapter_name {args.adapter_name!r} needs --optimize_report (a multi-adapter "
@@ -205,7 +229,8 @@ def gate_checks(args: argparse.Namespace, metrics: dict, optimize: dict | None) 
     """One check per threshold given (inputs were validated, so every number needed is there)."""
     return registration.gate_checks(metrics, optimize, min_accuracy=args.min_accuracy, min_gain=args.min_gain,
                                     min_gain_over_prompt=args.min_gain_over_prompt,
-                                    max_optimized_drop=args.max_optimized_drop)
+                                    max_optimized_drop=args.max_optimized_drop,
+                                    **{gate: getattr(args, gate) for gate in registration.GENERATION_GATES})
 
 
 def _base_model(args: argparse.Namespace) -> str:
@@ -227,7 +252,10 @@ def weights_digest(hashes: dict[str, str]) -> str:
     return hashlib.sha256("".join(f"{f} {h}\n" for f, h in sorted(hashes.items())).encode()).hexdigest()
 
 
-def lineage(args: argparse.Namespace, reports: dict, commit: str | None) -> dict:
+def lineage(args: argparse.Namespace, reports: dict, commit: str | None, run: dict, train_run: str | None,
+            train: dict) -> dict:
+    """`run`: registration.run_lineage() of the step's environment; `train`: the parameters finetune logged to its
+    run `train_run`."""
     base = {}
     if args.adapter is not None:  # the adapter names the base it needs, by id and by content
         base_hashes = reports["weights"].get("base_model")
@@ -238,7 +266,11 @@ def lineage(args: argparse.Namespace, reports: dict, commit: str | None) -> dict
         **base,
         "code_version": registration.code_version(commit),
         "git_commit": commit,
+        "git_dirty": run["git_dirty"],
         "pipeline_run_id": os.environ.get("AZUREML_ROOT_RUN_ID"),
+        "train_run_id": train_run,
+        "train": train,
+        "components": run["components"],
         "eval": registration.scalars(reports["metrics"]),
         "optimize": registration.scalars(reports["optimize"]),
         "weights_sha256": reports["weights"],
@@ -248,6 +280,7 @@ def lineage(args: argparse.Namespace, reports: dict, commit: str | None) -> dict
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    run_env = registration.run_lineage(dict(os.environ))  # the pipeline run's commit, components, input runs
     reports = validate(args, tracking_uri)
     checks = gate_checks(args, reports["metrics"], reports["optimize"])
     failed = [c for c in checks if not c["passed"]]
@@ -261,9 +294,14 @@ def main(argv=None) -> dict:
                              problems=[c["detail"] for c in failed])
         if not checks:
             print("register: no gate thresholds given (--min_accuracy/--min_gain/--min_gain_over_prompt/"
-                  "--max_optimized_drop); registering without a quality gate")
+                  "--max_optimized_drop, or for generation --min_rouge_l/--min_bleu/--max_perplexity/"
+                  "--min_rouge_l_gain/--min_rouge_l_gain_over_prompt); registering without a quality gate")
 
-        lin = lineage(args, reports, registration.git_commit(tracking_uri, run.info.run_id))
+        commit = run_env["git_commit"] or registration.git_commit(tracking_uri, run.info.run_id)
+        train_run = run_env["input_runs"].get("model") or registration.find_train_run(
+            tracking_uri, os.environ.get("AZUREML_ROOT_RUN_ID"))
+        train = registration.train_params(tracking_uri, train_run)
+        lin = lineage(args, reports, commit, run_env, train_run, train)
         tags = registration.version_tags(lin, checks, run.info.run_id)
         onnx_name = f"{args.model_name}-onnx"
         created: list[tuple[str, str]] = []

@@ -40,6 +40,10 @@ def main() -> None:
         total *= a.scale
     print(f"total={total} flag={a.flag} cwd_has_step={Path('step.py').exists()}", flush=True)
     print(f"run={os.environ.get('MLFLOW_RUN_ID')} root={os.environ.get('AZUREML_ROOT_RUN_ID')}", flush=True)
+    git = " ".join(f"{k}={os.environ.get(k)}" for k in ("SLMOPS_GIT_COMMIT", "SLMOPS_GIT_DIRTY"))
+    print(f"lineage {git}", flush=True)
+    print(f"components={os.environ.get('SLMOPS_COMPONENTS')}", flush=True)
+    print(f"input_runs={os.environ.get('SLMOPS_INPUT_RUNS')}", flush=True)
     if a.checkpoints:
         ck = Path(a.checkpoints)
         ck.mkdir(parents=True, exist_ok=True)
