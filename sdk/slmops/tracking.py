@@ -9,6 +9,12 @@ step only has to log. Run outside either (plain `python -m slmops.steps.x`), not
         tracking.log_params({"lr": 1e-4})
         tracking.log_metrics({"loss": 1.2}, step=10)
 
+The step's run logs MLflow's system metrics (`system/cpu_utilization_percentage`,
+`system/system_memory_usage_megabytes`, `system/gpu_0_utilization_percentage`, `system/gpu_0_memory_usage_megabytes`,
+...: psutil, and nvidia-ml-py for GPUs) every SYSTEM_METRICS_INTERVAL_S seconds;
+MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL sets another interval, MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false turns them
+off. `slmops.resources` sums up the step's own use.
+
 The embedded sqlite store (`sqlite:///mlflow.db`) is created by `ensure_store(uri)`: under a file lock beside
 the database, migrated in a temp file that is renamed into place, so any number of processes may start at once on
 a new path; a store that is damaged anyway is a UserError naming the file and the fix. `open_store(uri)` adds
@@ -19,6 +25,7 @@ calls `ensure_store(uri)` before creating its store.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import secrets
 import sqlite3
@@ -29,6 +36,7 @@ from pathlib import Path
 from slmops.errors import UserError
 
 _active = False
+SYSTEM_METRICS_INTERVAL_S = 5  # MLflow's default is 10 s; a sample costs a few psutil calls and one run lookup
 _SQLITE = "sqlite:///"
 # Tables every MLflow 3 store has once its migrations ran (tracking and registry share the database).
 _CORE_TABLES = {"experiments", "runs", "metrics", "params", "tags", "registered_models", "model_versions",
@@ -196,21 +204,29 @@ def open_store(uri: str) -> None:
     _opened.add(uri)
 
 
+def system_metrics_on() -> bool:
+    """MLflow's system metrics for the step's run: on unless MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false, and
+    only with psutil installed (MLflow refuses to start the run without it)."""
+    off = os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").strip().lower() in ("false", "0")
+    return not off and importlib.util.find_spec("psutil") is not None
+
+
 @contextlib.contextmanager
 def step_run():
-    """Open the step's MLflow run (or yield None when tracking is off)."""
+    """Open the step's MLflow run, sampling system metrics while it is open (or yield None when tracking is off)."""
     global _active
     if not enabled():
         yield None
         return
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", str(SYSTEM_METRICS_INTERVAL_S))
     if os.environ.get("MLFLOW_TRACKING_URI"):
         open_store(os.environ["MLFLOW_TRACKING_URI"])
     import mlflow
 
     previous, active = _active, mlflow.active_run()
     with contextlib.nullcontext(active) if active is not None else \
-            mlflow.start_run(run_id=os.environ.get("MLFLOW_RUN_ID")) as run:
+            mlflow.start_run(run_id=os.environ.get("MLFLOW_RUN_ID"), log_system_metrics=system_metrics_on()) as run:
         _active = True
         try:
             yield run

@@ -7,6 +7,9 @@ calls these small functions; each takes explicit arguments so it can be tested o
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import inspect
 import re
 import shutil
 from pathlib import Path
@@ -15,6 +18,72 @@ from slmops.errors import UserError
 
 DEEPSPEED_DIR = Path(__file__).parent / "deepspeed"
 DEEPSPEED_CONFIGS = {"zero2": DEEPSPEED_DIR / "zero2.json", "zero3": DEEPSPEED_DIR / "zero3.json"}
+
+
+# ---------------------------------------------------------------------------------------------- custom loss
+
+LOSS_SIGNATURE = "(outputs, labels, batch, num_items_in_batch=None)"
+
+
+def load_loss(path: str, name: str) -> tuple[object, list[str]]:
+    """(the function `name` of the Python file `path`, problems): the file exists and imports, the name is a
+    function, and it accepts `LOSS_SIGNATURE`. Importing runs the file's top-level code."""
+    fix = f"pass a Python file that defines {name}{LOSS_SIGNATURE} (examples/losses/ has two)"
+    where = f"--loss {path!r}"
+    file = Path(path)
+    if not file.is_file():
+        return None, [f"{where}: no such file; {fix}"]
+    spec = importlib.util.spec_from_file_location(f"slmops_user_loss_{file.stem}", file)
+    if spec is None or file.suffix != ".py":
+        return None, [f"{where} is not a .py file; {fix}"]
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the user's file: any error in it is theirs to fix
+        return None, [f"{where} cannot be imported ({type(exc).__name__}: {exc}); fix the file, {fix}"]
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        functions = sorted(k for k, v in vars(module).items() if inspect.isfunction(v) and not k.startswith("_"))
+        return None, [f"--loss_function {name!r}: {path!r} has no function {name!r} (its functions: {functions}); "
+                      f"pass one of them as --loss_function, or {fix}"]
+    try:
+        inspect.signature(fn).bind(None, None, None, num_items_in_batch=None)
+    except (TypeError, ValueError) as exc:
+        return None, [f"--loss_function {name!r} in {path!r}: its signature {_signature(fn)} does not take "
+                      f"{LOSS_SIGNATURE} ({exc}); change it to {name}{LOSS_SIGNATURE}"]
+    return fn, []
+
+
+def _signature(fn) -> str:
+    try:
+        return str(inspect.signature(fn))
+    except (TypeError, ValueError):
+        return "(?)"
+
+
+def loss_record(path: str, name: str) -> dict:
+    """What identifies a custom loss in train_summary.json and the MLflow params: file name, function, sha256."""
+    return {"file": Path(path).name, "function": name, "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+
+
+def compute_loss_func(fn, model):
+    """TRL's `compute_loss_func` calling `fn(outputs, labels, batch, num_items_in_batch=...)`.
+
+    SFTTrainer.compute_loss calls compute_loss_func(outputs, labels, num_items_in_batch=...) right after the
+    forward that made `outputs`; the batch (input_ids, position_ids, ... as the collator built it) is the keyword
+    arguments of that forward, kept by a forward pre-hook on the model, plus the labels."""
+    seen: dict = {}
+
+    def remember(module, args, kwargs):
+        seen["batch"] = kwargs
+
+    model.register_forward_pre_hook(remember, with_kwargs=True)
+
+    def loss(outputs, labels, num_items_in_batch=None):
+        batch = {k: v for k, v in seen.get("batch", {}).items() if k not in ("use_cache", "output_router_logits")}
+        return fn(outputs, labels, {**batch, "labels": labels}, num_items_in_batch=num_items_in_batch)
+
+    return loss
 
 
 # ---------------------------------------------------------------------------------------------- precision

@@ -68,7 +68,10 @@ def test_classification_writes_declared_outputs(classification_run, prep_dir):
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(result))
     assert set(on_disk) == {"task", "split", "n", "k_shot", "k_shot_seed", "base", "finetuned", "delta", "variants",
-                            "verdict", "overfitting"}
+                            "verdict", "overfitting", "resources"}
+    use = on_disk["resources"]   # this step's process: peak RSS, mean CPU % (100 = one core), wall seconds
+    assert use["peak_rss_mb"] > 100 and 0 < use["mean_cpu_percent"] <= 100 * use["cpu_count"] and use["wall_s"] > 0
+    assert f"Resources (this step): peak RSS {use['peak_rss_mb']:,.0f} MB" in (out / "report.md").read_text()
     n_rows = _count(prep_dir / "test.jsonl")
     assert (on_disk["split"], on_disk["n"], on_disk["k_shot"]) == ("test", n_rows, 3)
     # the keys other code reads (quickstart, register) stay: base = the zero-shot base, finetuned, delta
@@ -380,6 +383,7 @@ def test_metrics_and_artifacts_logged_to_mlflow(tmp_path, monkeypatch, prep_dir,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a file store is enough to see what was logged
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # the step's default: every 5 s
     result = evaluate.main(["--test_data", str(prep_dir), "--model", str(tiny_model), "--base_model",
                             str(tiny_model), "--max_samples", "5", "--max_new_tokens", "2", "--latency_samples", "1",
                             "--metrics", str(tmp_path / "metrics")])
@@ -392,6 +396,8 @@ def test_metrics_and_artifacts_logged_to_mlflow(tmp_path, monkeypatch, prep_dir,
     assert logged["base_zero_shot_n"] == 5 and logged["base_k_shot_prompt_tokens_mean"] > 0
     assert logged["verdict_gain"] == 0.0 and logged["verdict_finetuning_wins"] == 0.0
     assert logged["verdict_prompt_tokens_saved_per_request"] > 0
+    assert logged["peak_rss_mb"] == result["resources"]["peak_rss_mb"] > 0 and logged["mean_cpu_percent"] > 0
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(logged), logged
     assert run.data.params["task"] == "classification"
     assert (run.data.params["split"], run.data.params["n"], run.data.params["k_shot"]) == ("test", "5", "3")
     assert run.data.tags["verdict"] == result["verdict"]["text"]

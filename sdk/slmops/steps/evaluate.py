@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slmops import contract, generation, metrics, models, threads, tracking
+from slmops import contract, generation, metrics, models, resources, threads, tracking
 from slmops.contract import Component, Input, Output
 from slmops.data import read_prepared_rows
 from slmops.errors import UserError, run_main
@@ -515,6 +515,12 @@ def report_markdown(result: dict, base_ref: str, model_ref: str, plots: list[str
     warn = result["overfitting"]
     lines += ["", f"**Over-fitting: {'WARNING' if warn['warning'] else 'no warning'}** — {warn['detail']}", ""]
     lines += [f"![{name}]({name})" for name in plots]
+    use = result["resources"]
+    gpu = (f", peak GPU memory {', '.join(f'{m:,.0f}' for m in use['gpu_peak_memory_mb'])} MB"
+           if use.get("gpu_peak_memory_mb") else "")
+    lines += ["", f"Resources (this step): peak RSS {use['peak_rss_mb']:,.0f} MB, mean CPU "
+              f"{use['mean_cpu_percent']:.0f} % (100 % = one core; {use['cpu_count']} cores), {use['wall_s']:.1f} s"
+              f"{gpu}; CPU, memory and GPU over time are the MLflow run's system metrics."]
     columns = ["base"] + (["k-shot"] if shots else []) + ["fine-tuned"]
     lines += ["", "## Examples", "", "| prompt (end) | reference | " + " | ".join(columns) + " |",
               "|---" * (len(columns) + 2) + "|"]
@@ -564,6 +570,7 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     inputs = validate(args)
     threads.apply()
+    usage = resources.start()
     rows = inputs.rows
     base_ref = args.base_model or args.base_model_id
     special = models.load_tokenizer(args.model).all_special_tokens
@@ -614,6 +621,7 @@ def main(argv=None) -> dict:
             "overfitting": overfitting(inputs.history) if args.train_metrics else
             {"warning": False, "detail": "no --train_metrics given; over-fitting not checked"},
         }
+        result["resources"] = resources.summary(usage)
         examples = [{"prompt": r["prompt"], "reference": ref, **{k: p[i] for k, p in predictions.items()}}
                     for i, (r, ref) in enumerate(zip(rows, references))][:EXAMPLES_IN_REPORT]
 
@@ -633,7 +641,8 @@ def main(argv=None) -> dict:
             write_json(out / "metrics.json", result)
             (out / "report.md").write_text(report_markdown(result, base_ref, args.model, plots, examples, shots))
 
-        tracking.log_metrics({**flat_metrics(result), "overfitting_warning": int(result["overfitting"]["warning"])})
+        tracking.log_metrics({**flat_metrics(result), "overfitting_warning": int(result["overfitting"]["warning"]),
+                              **{k: result["resources"][k] for k in ("peak_rss_mb", "mean_cpu_percent")}})
         tracking.set_tags({"verdict": result["verdict"]["text"]})
         tracking.log_artifacts(args.metrics, "evaluation")
     summary_text = ", ".join(f"{v['label']} {v[VERDICT_METRIC[args.task]]:.3f}" for v in variants.values()

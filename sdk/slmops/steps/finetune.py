@@ -15,9 +15,13 @@ Flow: parse -> validate (every problem reported at once) -> load model and data 
 - Evaluates on validation.jsonl every --eval_steps, stops early after --early_stopping_patience evaluations
   without a better eval_loss, checkpoints every --save_steps into --checkpoints and resumes from the latest
   `checkpoint-N` there when the step is restarted.
+- Custom loss: --loss FILE.py (a uri_file input) and --loss_function NAME (default `loss`) name a function
+  `NAME(outputs, labels, batch, num_items_in_batch=None)` returning the loss tensor; TRL's SFTTrainer calls it
+  through its `compute_loss_func` for training and evaluation (docs/finetune.md, examples/losses/).
 - Outputs (rank 0 only, each written atomically): --adapter (PEFT folder), --model (merged model as an MLflow
-  `transformers` model), --metrics (train_history.json, train_summary.json). Metrics go to the MLflow run
-  named by MLFLOW_RUN_ID when set.
+  `transformers` model), --metrics (train_history.json, train_summary.json with the step's resource use, and
+  loss.py: the custom loss file, when one was given). Metrics go to the MLflow run named by MLFLOW_RUN_ID when
+  set, with MLflow's system metrics (CPU, memory, GPU) every 5 s.
 """
 
 from __future__ import annotations
@@ -27,15 +31,17 @@ import importlib.util
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
-from slmops import contract, threads, tracking
+from slmops import contract, resources, threads, tracking
 from slmops.contract import Component, Input, Output
 from slmops.errors import UserError, run_main
 from slmops.io import atomic_dir, write_json
 from slmops.models import TINY_MARKER, check_weights, load_causal_lm, load_tokenizer, resolve
-from slmops.training import (DEEPSPEED_CONFIGS, choose_precision, hardware, latest_checkpoint, metrics_callback,
-                             read_prepared, save_mlflow_transformers, to_dataset)
+from slmops.training import (DEEPSPEED_CONFIGS, LOSS_SIGNATURE, choose_precision, compute_loss_func, hardware,
+                             latest_checkpoint, load_loss, loss_record, metrics_callback, read_prepared,
+                             save_mlflow_transformers, to_dataset)
 
 METHODS = ["full", "lora", "qlora", "dora"]
 BATCHING = ["padding_free", "packing", "padding"]
@@ -91,6 +97,10 @@ CONTRACT = Component(
               "(best-fit rows, same isolation) or padding (dynamic padding).", default="padding_free",
               enum=BATCHING),
         Input("completion_only_loss", "boolean", "Loss on completion tokens only (true/false).", default=True),
+        Input("loss", "uri_file", "A Python file with a custom loss function (see loss_function); unset = TRL's "
+              "cross-entropy.", optional=True),
+        Input("loss_function", "string", f"The function of the loss file: loss_function{LOSS_SIGNATURE} returning "
+              "the loss tensor.", default="loss"),
         Input("eval_steps", "integer", "Evaluate on validation.jsonl every N steps (0 = never).", default=50, min=0),
         Input("save_steps", "integer", "Checkpoint every N steps (0 = never).", default=50, min=0),
         Input("logging_steps", "integer", "Log metrics every N steps.", default=10, min=1),
@@ -158,6 +168,8 @@ def validate(args) -> None:
     if args.deepspeed != "none" and importlib.util.find_spec("deepspeed") is None:
         problems.append(f"--deepspeed {args.deepspeed} needs the deepspeed package (GPU image): "
                         "pip install 'slmops[deepspeed]', or pass --deepspeed none")
+    if args.loss:
+        problems += load_loss(args.loss, args.loss_function)[1]
     if problems:
         raise UserError("finetune: invalid arguments", problems=problems)
 
@@ -251,14 +263,25 @@ def build_trainer(args, model, tokenizer, train_ds, eval_ds, longest: int, preci
     )
     if early_stopping:
         callbacks = [*callbacks, EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience)]
-    return SFTTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
-                      processing_class=tokenizer, callbacks=callbacks)
+    loss = None
+    if args.loss:  # validate() checked it; loaded again here, where the model it hooks exists
+        fn, problems = load_loss(args.loss, args.loss_function)
+        if problems:
+            raise UserError("finetune: invalid arguments", problems=problems)
+        loss = compute_loss_func(fn, model)
+    with warnings.catch_warnings():
+        # TRL 1.16 marks compute_loss_func deprecated (removed in TRL 2, which pyproject keeps out: trl<2) and
+        # suggests a subclass; we keep the supported argument (docs/finetune.md, "Custom loss").
+        warnings.filterwarnings("ignore", message="`compute_loss_func` is deprecated", category=FutureWarning)
+        return SFTTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
+                          processing_class=tokenizer, callbacks=callbacks, compute_loss_func=loss)
 
 
 def main(argv=None) -> None:
     # ---- parse and validate: every problem at once, before anything is loaded ----------------------------
     args = build_parser().parse_args(argv)
     validate(args)
+    usage = resources.start()
     compute_threads = threads.apply()
     rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     precision = choose_precision(args.precision, **hardware())
@@ -276,6 +299,9 @@ def main(argv=None) -> None:
 
     # ---- train (resuming from the latest checkpoint a previous attempt left) -----------------------------
     params = {k: v for k, v in vars(args).items() if k not in ("adapter", "model", "metrics", "checkpoints")}
+    loss = loss_record(args.loss, args.loss_function) if args.loss else None
+    if loss:
+        params["loss"] = f"{loss['file']}:{loss['function']} sha256:{loss['sha256'][:16]}"
     with tracking.step_run():
         tracking.log_params({**params, "precision_chosen": precision, "world_size": world_size,
                              "compute_threads": compute_threads,
@@ -294,7 +320,7 @@ def main(argv=None) -> None:
         losses = [h["loss"] for h in history if "loss" in h]
         summary = {
             "method": args.method, "precision": precision, "batching": args.batching, "world_size": world_size,
-            "base_model": base_ref, "global_step": trainer.state.global_step,
+            "base_model": base_ref, "global_step": trainer.state.global_step, "loss": loss,
             "resumed_from": resume_from.name if resume_from else None,
             "tokens_seen": metrics.tokens_seen, "tokens_this_attempt": metrics.tokens_this_attempt,
             "train_seconds": round(metrics.train_seconds, 3),
@@ -306,9 +332,11 @@ def main(argv=None) -> None:
             "best_eval_loss": trainer.state.best_metric if args.early_stopping_patience > 0 else None,
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "base_loaded_in_4bit": bool(getattr(model, "is_loaded_in_4bit", False)),
+            "resources": resources.summary(usage),  # this process (rank 0), from loading to the end of training
         }
         save_outputs(args, final, base_ref, tokenizer, history, summary)
-        tracking.log_metrics({k: summary[k] for k in ("tokens_per_s", "tokens_seen")})
+        tracking.log_metrics({**{k: summary[k] for k in ("tokens_per_s", "tokens_seen")},
+                              **{k: summary["resources"][k] for k in ("peak_rss_mb", "mean_cpu_percent")}})
         print(json.dumps(summary, indent=2))
 
 
@@ -362,6 +390,8 @@ def save_outputs(args, final: Path, base_ref: str, tokenizer, history: list, sum
                                  tiny_marker=Path(source.weights) / TINY_MARKER if source.is_local else None)
         write_json(metrics / "train_history.json", history)
         write_json(metrics / "train_summary.json", summary)
+        if args.loss:  # the loss code travels with the result it trained (sha256 in train_summary.json)
+            shutil.copy(args.loss, metrics / "loss.py")
 
 
 if __name__ == "__main__":
