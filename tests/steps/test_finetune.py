@@ -292,7 +292,8 @@ def test_loss_file_and_resources_in_the_outputs_and_the_mlflow_run(prepared_data
 
 def test_the_loss_file_is_part_of_the_reuse_key(prepared_data, tiny_model, tmp_path, monkeypatch):
     """`loss` is a uri_file input: the local runner keys the step on the file's content (as Azure ML does), so an
-    edit re-runs finetune, and the same content is reused."""
+    edit re-runs finetune, and the same content is reused. Two 2-step trainings through `slmops run`: ~2 min on 2
+    shared cores."""
     from click.testing import CliRunner
 
     from slmops.cli import main
