@@ -72,6 +72,21 @@ def test_each_task_and_its_adapter_registered_naming_the_base(run, tiny_model):
         assert tags["finetuned_model"] == f"{name}/{reg['version']}"
 
 
+def test_the_shared_base_and_adapter_files_registered_as_one_version(run, tmp_path):
+    """register_topic registers optimize_adapters' onnx_model as slmops-adapters-onnx (the template's
+    adapters_model_name), gated on each adapter's drift; its registered files are the two adapters on one base."""
+    uri = f"sqlite:///{run / '.slmops' / 'mlflow.db'}"
+    reg = json.loads((output(run, "register_topic", "registration") / "registration.json").read_text())
+    shared = reg["adapters_onnx"]
+    assert shared["name"] == "slmops-adapters-onnx" and shared["adapters"] == ["tone", "topic"]
+    assert {"max_optimized_drop.tone", "max_optimized_drop.topic"} <= {c["name"] for c in reg["gate"]["checks"]}
+    tags = registry.client(uri).get_model_version(shared["name"], shared["version"]).tags
+    assert tags["adapters"] == "tone,topic" and tags["gate"] == "passed"
+    assert set(registry.recorded_hashes(tags)) >= {"adapters/tone.onnx_adapter", "adapters/topic.onnx_adapter"}
+    folder = registry.resolve(f"models:/{shared['name']}@candidate", tracking_uri=uri, cache_dir=tmp_path)
+    assert sorted(p.name for p in (folder / "adapters").iterdir()) == ["tone.onnx_adapter", "topic.onnx_adapter"]
+
+
 def test_one_endpoint_answers_both_tasks_with_their_measured_accuracy(run, monkeypatch):
     from slmops.serving import score
 

@@ -8,7 +8,8 @@
 
 Works on the three layouts slmops moves around: a Hugging Face folder (`config.json`, `*.safetensors`), the
 finetune step's MLflow model (`MLmodel`, `model/...`) and an ONNX Runtime GenAI folder (`genai_config.json`,
-`model.onnx`, `model.onnx.data`). Only the standard library: serving checks a model without importing torch.
+`model.onnx`, `model.onnx.data`, and `adapters/<name>.onnx_adapter` beside them). Only the standard library: serving
+checks a model without importing torch.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pathlib import Path
 
 from slmops.errors import UserError
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".onnx", ".onnx.data", ".onnx_data")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".onnx", ".onnx.data", ".onnx_data",
+                   ".onnx_adapter")  # .onnx_adapter: an adapter file of a multi-adapter ORT GenAI folder
 CONFIG_NAMES = ("config.json", "genai_config.json", "generation_config.json", "model.safetensors.index.json")
 _DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2,
                 "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}

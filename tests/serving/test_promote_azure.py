@@ -50,6 +50,8 @@ class FakeOnlineEndpoints(HttpTransport):
         self.traffic, self.mirror = {"blue": 100}, {}
         self.deployments = {"blue": "azureml:tone:1"}
         self.failing_slots = set(failing_slots)
+        self.model_tags = {"tone": {"gate": "passed"},
+                           "tone-adapters-onnx": {"gate": "passed", "adapters": "topic,tone"}}
 
     def _endpoint(self):
         return {"id": f"{WS_PATH}/onlineEndpoints/{EP}", "name": EP, "location": "westeurope", "kind": "Managed",
@@ -93,6 +95,12 @@ class FakeOnlineEndpoints(HttpTransport):
         if m and method == "DELETE":
             self.deployments.pop(m.group(1), None)
             return 204, None
+        model = re.fullmatch(rf"{re.escape(WS_PATH)}/models/([\w.-]+)/versions/(\w+)", path)
+        if model and method == "GET" and model.group(1) in self.model_tags:
+            return 200, {"id": path, "name": model.group(2), "type": "Microsoft.MachineLearningServices/workspaces/"
+                         "models/versions", "properties": {"tags": self.model_tags[model.group(1)],
+                                                           "modelType": "custom_model", "flavors": {},
+                                                           "modelUri": f"azureml://models/{model.group(1)}"}}
         if path == "/score" and method == "POST":
             assert headers.get("Authorization") == f"Bearer {ENDPOINT_KEY}"
             slot = headers.get("azureml-model-deployment") or max(self.traffic, key=self.traffic.get)
@@ -172,7 +180,7 @@ def test_blue_green_rollout_requests(spec):
     assert props["environmentId"].endswith("/environments/slmops-cpu/versions/7")
     assert props["codeConfiguration"]["scoringScript"] == "slmops/serving/score.py"
     assert props["requestSettings"]["requestTimeout"] == "PT1M30S"
-    assert props["requestSettings"]["maxConcurrentRequestsPerInstance"] == 4
+    assert props["requestSettings"]["maxConcurrentRequestsPerInstance"] == 16   # the spec: the worker's threads
     assert props["livenessProbe"]["failureThreshold"] == 30 and props["instanceType"] == "Standard_DS3_v2"
     # The smoke test goes to the new slot only.
     smoke = [c for c in fake.calls if c[1] == "/score" and c[3].get("azureml-model-deployment")]
@@ -231,3 +239,38 @@ def test_dry_run_contacts_nothing(spec):
     assert '{"traffic": {"green": 10, "blue": 90}, "mirror_traffic": {}}' in result.output
     assert '{"traffic": {"blue": 100}, "mirror_traffic": {"green": 5}}' in result.output
     assert "azureml-model-deployment: green" in result.output
+
+
+def test_a_base_and_adapters_model_is_smoke_tested_and_probed_naming_its_first_adapter(spec):
+    """A multi-adapter endpoint refuses a request without "adapter": promote reads the registered model's `adapters`
+    tag and names the first (sorted) in the smoke test and every probe."""
+    fake = FakeOnlineEndpoints()
+    said = []
+    report = roll_out(backend_for(fake, spec), Plan(endpoint=EP, model="azureml:tone-adapters-onnx:1",
+                                                    name="tone-adapters-onnx", version="1", probes=3, steps=(100,)),
+                      lambda: "0", say=said.append)
+    assert report["result"] == "promoted"
+    assert any("the model serves the adapters ['tone', 'topic']: requests naming none name 'tone'" in s for s in said)
+    scored = [(c[2], c[3].get("azureml-model-deployment")) for c in fake.calls if c[1] == "/score"]
+    assert len(scored) >= 1 + 3 and {body["adapter"] for body, _ in scored} == {"tone"}   # smoke + 3 probes
+    assert scored[0][1] == "green" and scored[0][0]["messages"]    # the smoke test: the default chat request
+    assert fake.deployments["green"].endswith("/models/tone-adapters-onnx/versions/1")
+
+
+def test_a_single_model_is_probed_unchanged(spec):
+    fake = FakeOnlineEndpoints()
+    roll_out(backend_for(fake, spec), plan(steps=(100,)), lambda: "1", say=lambda s: None)
+    assert all("adapter" not in c[2] for c in fake.calls if c[1] == "/score")
+
+
+def test_dry_run_of_a_base_and_adapters_version_carries_the_model(spec):
+    from click.testing import CliRunner
+
+    from slmops.cli import main
+
+    result = CliRunner().invoke(main, ["promote", "models:/slmops-adapters-onnx@candidate", "--endpoint", EP,
+                                       "--dry-run", "--deployment-spec", str(spec)])
+    assert result.exit_code == 0, result.output
+    assert '"model": "azureml:slmops-adapters-onnx:<version of @candidate>"' in result.output
+    assert '"scoring_script": "slmops/serving/score.py"' in result.output
+    assert "gets \"adapter\": its first adapter in every request that names none" in result.output

@@ -93,3 +93,84 @@ def test_adapter_name_on_a_single_model_report(tmp_path, env):  # noqa: F811
     paths = write_inputs(tmp_path)
     with pytest.raises(UserError, match=r"has no adapters \(a single-model build\)"):
         register.main(argv(paths, tmp_path / "out", "single", adapter_name="tone"))
+
+
+def with_adapter_set(root, drops: dict[str, float]):
+    """with_adapter() plus a multi-adapter ORT GenAI folder (base + adapters/<name>.onnx_adapter per adapter)."""
+    paths = with_adapter(root, drops)
+    onnx = root / "adapters_onnx"
+    (onnx / "adapters").mkdir(parents=True)
+    (onnx / "genai_config.json").write_text('{"model": {"context_length": 128}}')
+    (onnx / "model.onnx").write_bytes(b"onnx-graph")
+    for i, name in enumerate(drops):
+        (onnx / "adapters" / f"{name}.onnx_adapter").write_bytes(bytes([i + 1]) * 64)
+    return {**paths, "adapters_onnx_model": onnx}
+
+
+def test_the_shared_base_and_adapter_files_are_one_version(tmp_path, env):  # noqa: F811
+    paths = with_adapter_set(tmp_path, {"tone": 0.01, "topic": 0.03})
+    result = register.main(argv(paths, tmp_path / "out", "multi-topic", adapter_name="topic",
+                                adapters_model_name="multi-set", max_optimized_drop=0.05, min_accuracy=0.5))
+    assert result["adapters_onnx"] == {"name": "multi-set", "version": "1", "adapters": ["tone", "topic"]}
+    checks = {c["name"]: c for c in result["gate"]["checks"]}
+    assert set(checks) == {"min_accuracy", "max_optimized_drop", "max_optimized_drop.tone", "max_optimized_drop.topic"}
+    assert checks["max_optimized_drop.tone"]["value"] == 0.01 and "adapters.tone" in checks["max_optimized_drop.tone"][
+        "detail"]
+    client = registry.client(env)
+    tags = client.get_model_version("multi-set", "1").tags
+    assert tags["adapters"] == "tone,topic" and tags["gate"] == "passed"
+    assert tags["optimize.adapters.tone.accuracy_drop"] == "0.01" and tags["optimize.adapters.topic.onnx.accuracy"] \
+        == str(0.9 - 0.03)
+    assert tags["optimize.accuracy_drop"] == "0.03"                     # the whole report, not topic's narrowing
+    assert tags["lineage.base_model"] == str(paths["base_model"]) and tags["lineage.base_model_sha256"] == \
+        register.weights_digest(weights.verify_weights(paths["base_model"]))
+    assert tags["lineage.dataset_sha256"] == "ab" * 32 and tags["finetuned_model"] == "multi-topic/1"
+    recorded = registry.recorded_hashes(tags)
+    assert set(recorded) == {"model.onnx", "adapters/tone.onnx_adapter", "adapters/topic.onnx_adapter"}
+    assert recorded == weights.verify_weights(paths["adapters_onnx_model"])     # serve/promote check these
+    assert client.get_model_version("multi-topic", "1").tags["adapters_onnx_model"] == "multi-set/1"
+    assert str(client.get_model_version_by_alias("multi-set", "candidate").version) == "1"
+
+
+def test_the_set_name_defaults_to_model_name_adapters_onnx(tmp_path, env):  # noqa: F811
+    paths = with_adapter_set(tmp_path, {"tone": 0.0, "topic": 0.0})
+    paths.pop("adapter")
+    result = register.main(argv(paths, tmp_path / "out", "plain"))
+    assert result["adapters_onnx"]["name"] == "plain-adapters-onnx" and result["gate"]["checks"] == []
+
+
+def test_one_adapter_over_the_drift_bound_registers_nothing(tmp_path, env):  # noqa: F811
+    paths = with_adapter_set(tmp_path, {"tone": 0.08, "topic": 0.0})
+    with pytest.raises(GateFailed) as err:   # topic's own figures pass; tone's adapter in the set does not
+        register.main(argv(paths, tmp_path / "out", "drift", adapter_name="topic", max_optimized_drop=0.05))
+    assert err.value.exit_code == 3
+    assert [p.split(" (pytorch")[0] for p in err.value.problems] == [
+        "adapter tone: accuracy drop after optimization 0.0800"]
+    assert "> max_optimized_drop.tone 0.05 (optimize_report: adapters.tone, test, n=40)" in err.value.problems[0]
+    assert not (tmp_path / "out").exists()
+    client = registry.client(env)
+    for name in ("drift", "drift-adapter", "drift-adapters-onnx"):
+        assert not client.search_model_versions(f"name='{name}'")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: {**p, "adapters_onnx_model": p["base_model"]}, "is not an ORT GenAI folder with adapters/"),
+    (lambda p: {k: v for k, v in p.items() if k != "optimize_report"}, "--adapters_onnx_model needs --optimize_report"),
+    (lambda p: {**p, "adapters_model_name": "bad name"}, "--adapters_model_name 'bad name': use letters"),
+    (lambda p: {k: v for k, v in p.items() if k != "adapters_onnx_model"} | {"adapters_model_name": "x"},
+     "pass --adapters_onnx_model too"),
+])
+def test_bad_adapter_set_inputs_register_nothing(tmp_path, env, change, message):  # noqa: F811
+    paths = change(with_adapter_set(tmp_path, {"tone": 0.0, "topic": 0.0}))
+    with pytest.raises(UserError, match="nothing was registered") as err:
+        register.main(argv(paths, tmp_path / "out", "bad-set"))
+    assert err.value.exit_code == 2 and message in str(err.value) and not (tmp_path / "out").exists()
+
+
+def test_a_report_of_other_adapters_is_refused(tmp_path, env):  # noqa: F811
+    paths = with_adapter_set(tmp_path, {"tone": 0.0, "topic": 0.0})
+    (paths["adapters_onnx_model"] / "adapters" / "topic.onnx_adapter").rename(
+        paths["adapters_onnx_model"] / "adapters" / "sentiment.onnx_adapter")
+    with pytest.raises(UserError, match=r"has the adapters \['sentiment', 'tone'\] but optimize_report.json reports "
+                                        r"\['tone', 'topic'\]"):
+        register.main(argv(paths, tmp_path / "out", "other"))

@@ -8,6 +8,7 @@
     invoke(body, deployment=None) -> (status, reply)   a scoring request, pinned to a slot with `deployment`
     delete(slot)
     describe_deploy(slot, model) -> dict                the deployment payload (for --dry-run)
+    adapters(model) -> [name, ...]      the adapters a base + adapters model serves ([] for a single model)
 
 AzureEndpoint drives a managed online endpoint through azure-ai-ml's MLClient; LocalEndpoint runs one
 `slmops serve` process per slot behind slmops.serving.router on 127.0.0.1.
@@ -71,6 +72,13 @@ class AzureEndpoint:
 
     def describe_deploy(self, slot: str, model: str) -> dict:
         return self._deployment(slot, model)._to_dict()
+
+    def adapters(self, model: str) -> list[str]:
+        """The adapters of the registered model `azureml:NAME:VERSION`: its `adapters` tag (set by register for a
+        base + adapters version: "tone,topic"), sorted; [] without the tag."""
+        _, name, version = model.split(":", 2)
+        tag = (self.ml.models.get(name=name, version=version).tags or {}).get("adapters") or ""
+        return sorted(n for n in tag.split(",") if n)
 
     def deploy(self, slot: str, model: str) -> None:
         self.ml.online_deployments.begin_create_or_update(self._deployment(slot, model)).result()
@@ -159,6 +167,13 @@ class LocalEndpoint:
 
     def describe_deploy(self, slot: str, model: str) -> dict:
         return {"name": slot, "endpoint_name": self.name, "model": str(model), "server": srv.server_command(0)}
+
+    def adapters(self, model: str) -> list[str]:
+        """The adapters of the model folder `model` (its servable folder's adapters/), sorted; [] for one model."""
+        from slmops import adapters as multi
+        from slmops.serving.score import find_model_dir
+
+        return multi.names(find_model_dir(Path(model)))
 
     def deploy(self, slot: str, model: str) -> None:
         if slot in self._read()["slots"]:

@@ -11,7 +11,10 @@ The roll-out (`roll_out`) is one plain sequence over an endpoint backend (slmops
   1. make sure the endpoint exists; the slot without traffic (blue or green) is the target;
   2. deploy the model to the target slot and wait until it is healthy;
   3. smoke test the target slot only (`azureml-model-deployment: <slot>`): every request must get 200 with a
-     well-formed reply;
+     well-formed reply. A base + adapters model (a version registered from a multi-adapter optimize: tag `adapters`,
+     an `adapters/` folder) refuses requests that name no adapter, so every smoke and probe request without
+     `"adapter"` is sent naming the model's first adapter (sorted; `for_adapters`); name another in
+     --smoke-request;
   4. optionally mirror PCT % of live traffic to the target while probe requests run, then smoke test again;
   5. shift traffic in steps (e.g. 10, 50, 100 %); after each, probe requests through the endpoint must stay
      within the error rate;
@@ -108,6 +111,14 @@ def check_reply(status: int, reply) -> str | None:
     return None
 
 
+def for_adapters(requests: tuple, adapters: list[str]) -> tuple:
+    """The smoke/probe requests for a model serving `adapters` (a multi-adapter endpoint answers only requests that
+    name one): each request without "adapter" names the first adapter; unchanged for a single model ([])."""
+    if not adapters:
+        return tuple(requests)
+    return tuple(r if "adapter" in r else {**r, "adapter": adapters[0]} for r in requests)
+
+
 def error_rate(backend, body: dict, n: int) -> tuple[float, list[str]]:
     """Send `n` requests through the endpoint (traffic split applies); the share that failed, and why."""
     problems = [p for p in (check_reply(*backend.invoke(body)) for _ in range(n)) if p]
@@ -133,19 +144,23 @@ def roll_out(backend, plan: Plan, move_alias, say=print) -> dict:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"deployment {target} not healthy within {plan.healthy_timeout_s:.0f} s")
             time.sleep(5)
-        say(f"[3/6] smoke test against {target} only ({len(plan.smoke_requests)} request(s))")
-        for body in plan.smoke_requests:
+        adapters = backend.adapters(plan.model)
+        requests = for_adapters(plan.smoke_requests, adapters)
+        say(f"[3/6] smoke test against {target} only ({len(requests)} request(s))"
+            + (f"; the model serves the adapters {adapters}: requests naming none name {adapters[0]!r}"
+               if adapters else ""))
+        for body in requests:
             problem = check_reply(*backend.invoke(body, deployment=target))
             if problem:
                 raise RuntimeError(f"smoke test on {target} failed: {problem}")
         if plan.mirror and live:
             say(f"[4/6] mirroring {plan.mirror}% of live traffic to {target} during {plan.probes} probe requests")
             backend.set_traffic(before["traffic"], {target: plan.mirror})
-            rate, problems = error_rate(backend, plan.smoke_requests[0], plan.probes)
+            rate, problems = error_rate(backend, requests[0], plan.probes)
             backend.set_traffic(before["traffic"], {})
             if rate > plan.max_error_rate:
                 raise RuntimeError(f"live slot {live} failed {rate:.0%} of probes while mirroring: {problems[:3]}")
-            for body in plan.smoke_requests:
+            for body in requests:
                 problem = check_reply(*backend.invoke(body, deployment=target))
                 if problem:
                     raise RuntimeError(f"{target} failed after mirrored traffic: {problem}")
@@ -153,7 +168,7 @@ def roll_out(backend, plan: Plan, move_alias, say=print) -> dict:
             say("[4/6] no mirrored traffic" + ("" if live else " (nothing live to mirror)"))
         for traffic in traffic_steps(plan, live, target):
             backend.set_traffic(traffic, {})
-            rate, problems = error_rate(backend, plan.smoke_requests[0], plan.probes)
+            rate, problems = error_rate(backend, requests[0], plan.probes)
             report["steps"].append({"traffic": traffic, "error_rate": rate})
             say(f"[5/6] traffic {traffic}: error rate {rate:.0%} over {plan.probes} probe(s)")
             if rate > plan.max_error_rate:
@@ -203,6 +218,8 @@ def dry_run_text(backend, plan: Plan, assumed_live: str | None = "blue") -> str:
              "  smoke requests (POST /score, Authorization: Bearer <endpoint key>, "
              f"azureml-model-deployment: {target}):"]
     lines += [_indent(json.dumps(body), 4) for body in plan.smoke_requests]
+    lines.append("    (a base + adapters model - tag `adapters`, an adapters/ folder - gets \"adapter\": its first "
+                 "adapter in every request that names none; the probes too)")
     lines.append("  endpoint traffic updates:")
     if plan.mirror:
         lines.append(_indent(json.dumps({"traffic": {live: 100}, "mirror_traffic": {target: plan.mirror}}), 4))

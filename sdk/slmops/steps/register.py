@@ -27,7 +27,11 @@ Several adapters on one base (docs/multi_adapter.md): `--adapter` (finetune's ad
 its own model `<model_name>-adapter` that names its base (tags `lineage.base_model`, `lineage.base_model_sha256`:
 one sha256 over the base folder's weight files, given `--base_model`) with the same lineage, metrics and gate tags;
 `--adapter_name NAME` makes the gate and the `optimize.*` tags read that adapter's figures in a multi-adapter
-optimize_report.json (`adapters.NAME`) instead of its top level.
+optimize_report.json (`adapters.NAME`) instead of its top level. `--adapters_onnx_model` (a multi-adapter optimize's
+onnx_model output: one ORT GenAI base + `adapters/<name>.onnx_adapter`) is registered unchanged as one more version,
+`--adapters_model_name` (default `<model_name>-adapters-onnx`), tagged `adapters` (the names) and every adapter's
+figures (`optimize.adapters.<name>.*`); `--max_optimized_drop` is then checked for each adapter of
+`--optimize_report` (check `max_optimized_drop.<name>`), so one adapter over the bound registers nothing (exit 3).
 
     MLFLOW_TRACKING_URI=sqlite:///mlflow.db python -m slmops.steps.register \\
         --model out/finetune/model --eval_metrics out/evaluate/metrics --train_data out/prep/output_data \\
@@ -46,6 +50,7 @@ import os
 import subprocess  # noqa: F401  (tests patch register.subprocess.run; git runs in slmops.registration)
 from pathlib import Path
 
+from slmops import adapters as multi
 from slmops import contract, registration, registry, tracking, weights
 from slmops.contract import Component, Input, Output
 from slmops.errors import GateFailed, UserError, run_main
@@ -104,6 +109,11 @@ CONTRACT = Component(
               "naming its base model (id and weights sha256).", optional=True),
         Input("adapter_name", "string", "This model's adapter in a multi-adapter optimize_report.json: the gate "
               "and the optimize tags read adapters.<adapter_name>.", optional=True),
+        Input("adapters_onnx_model", "uri_folder", "A multi-adapter optimize's onnx_model output (ORT GenAI base + "
+              "adapters/<name>.onnx_adapter); registered unchanged as adapters_model_name, gated on "
+              "max_optimized_drop for every adapter of optimize_report.", optional=True),
+        Input("adapters_model_name", "string", "Registered name of adapters_onnx_model (default "
+              "<model_name>-adapters-onnx).", optional=True),
     ],
     outputs=[Output("registration", "registration.json (names, versions, gate checks, lineage)")],
 )
@@ -158,8 +168,26 @@ def validate(args: argparse.Namespace, tracking_uri: str | None) -> dict:
     if args.adapter is not None and not (Path(args.adapter) / "adapter_config.json").is_file():
         problems.append(f"--adapter {args.adapter!r} has no adapter_config.json; pass finetune's adapter output of "
                         "a LoRA run (a --method full run has none)")
+    full_report = None  # the whole optimize_report.json (before --adapter_name narrows it)
+    in_set = []  # the adapters of --adapters_onnx_model
+    if args.adapters_onnx_model is not None:
+        folder = Path(args.adapters_onnx_model)
+        in_set = multi.onnx_names(folder) if (folder / "genai_config.json").is_file() else []
+        if not in_set:
+            problems.append(f"--adapters_onnx_model {args.adapters_onnx_model!r} is not an ORT GenAI folder with "
+                            f"adapters/<name>{multi.ONNX_SUFFIX} files; pass the onnx_model output of optimize run "
+                            "with --adapter_1 ... (optimize_adapters in pipelines/multi_adapter.yaml)")
+        name = args.adapters_model_name or f"{args.model_name}-adapters-onnx"
+        if not registration.NAME_RE.match(name):
+            problems.append(f"--adapters_model_name {name!r}: use letters, digits, '.', '_' and '-' only")
+    elif args.adapters_model_name is not None:
+        problems.append(f"--adapters_model_name {args.adapters_model_name!r} names --adapters_onnx_model's version; "
+                        "pass --adapters_onnx_model too, or drop --adapters_model_name")
     hashes = {}  # {flag: {weight file: sha256}}: the weights are read whole before anything is registered
-    flags = ["model", "onnx_model"] + (["adapter", "base_model"] if args.adapter is not None else [])
+    with_base = args.adapter is not None or args.adapters_onnx_model is not None
+    flags = ["model", "onnx_model"] + (["adapter"] if args.adapter is not None else [])
+    flags += (["adapters_onnx_model"] if args.adapters_onnx_model is not None else [])
+    flags += (["base_model"] if with_base else [])
     for flag in flags:
         folder = getattr(args, flag)
         if folder is not None and not any(p.startswith(f"--{flag} ") for p in problems):
@@ -170,6 +198,7 @@ def validate(args: argparse.Namespace, tracking_uri: str | None) -> dict:
     metrics = _read_json(args.eval_metrics, "metrics.json", "eval_metrics", problems)
     data_report = _read_json(args.train_data, "data_report.json", "train_data", problems)
     optimize = _read_json(args.optimize_report, "optimize_report.json", "optimize_report", problems)
+    full_report = optimize
     if data_report is not None and not isinstance(data_report.get("sha256"), str):
         problems.append(f"--train_data {args.train_data!r}: data_report.json has no sha256 (content hash); "
                         f"re-run prep with this version of slmops")
@@ -210,6 +239,20 @@ def validate(args: argparse.Namespace, tracking_uri: str | None) -> dict:
             else:  # that adapter's figures, under the report's precision, split and metric
                 optimize = {**{k: v for k, v in optimize.items() if k != "adapters"},
                             **optimize["adapters"][args.adapter_name], "adapter": args.adapter_name}
+    if in_set:
+        reported = sorted((full_report or {}).get("adapters") or {})
+        if args.optimize_report is None:
+            problems.append("--adapters_onnx_model needs --optimize_report: the report of the optimize run that "
+                            "wrote it (its adapters' figures are the version's tags and gate)")
+        elif full_report is not None and reported != in_set:
+            problems.append(f"--adapters_onnx_model has the adapters {in_set} but optimize_report.json reports "
+                            f"{reported or 'none'}; pass the report output of the same optimize run")
+        elif full_report is not None and args.max_optimized_drop is not None:
+            lacking = [n for n in in_set if registration.number(full_report["adapters"][n], "accuracy_drop") is None]
+            if lacking:
+                problems.append(f"--max_optimized_drop needs adapters.<name>.accuracy_drop in optimize_report.json "
+                                f"for every adapter; {lacking} have none: optimize a classification task, or drop "
+                                "--max_optimized_drop")
     if args.max_optimized_drop is not None:
         if args.optimize_report is None:
             problems.append("--max_optimized_drop needs --optimize_report (optimize's report output)")
@@ -222,7 +265,8 @@ def validate(args: argparse.Namespace, tracking_uri: str | None) -> dict:
     if problems:
         raise UserError(f"register: {len(problems)} problem(s) with the inputs; nothing was registered",
                         problems=problems)
-    return {"metrics": metrics, "data_report": data_report, "optimize": optimize, "weights": hashes}
+    return {"metrics": metrics, "data_report": data_report, "optimize": optimize, "weights": hashes,
+            "optimize_report": full_report, "adapters": in_set}
 
 
 def gate_checks(args: argparse.Namespace, metrics: dict, optimize: dict | None) -> list[dict]:
@@ -231,6 +275,25 @@ def gate_checks(args: argparse.Namespace, metrics: dict, optimize: dict | None) 
                                     min_gain_over_prompt=args.min_gain_over_prompt,
                                     max_optimized_drop=args.max_optimized_drop,
                                     **{gate: getattr(args, gate) for gate in registration.GENERATION_GATES})
+
+
+def adapter_checks(report: dict, served: list[str], max_optimized_drop: float | None) -> list[dict]:
+    """--adapters_onnx_model's gate: `max_optimized_drop.<name>` for every adapter of the multi-adapter
+    optimize_report.json `report` (none without a threshold)."""
+    if max_optimized_drop is None:
+        return []
+    checks = []
+    for name in served:
+        figures = report["adapters"][name]
+        torch_acc, onnx_acc = [registration.number(figures, runtime, "accuracy") for runtime in ("pytorch", "onnx")]
+        shown = [f"{a:.4f}" if a is not None else "n/a" for a in (torch_acc, onnx_acc)]
+        metric = report.get("accuracy_metric") or "accuracy"
+        what = (f"adapter {name}: {metric} drop after optimization {figures['accuracy_drop']:.4f} (pytorch "
+                f"{shown[0]}, onnx {shown[1]}, {report.get('precision')})")
+        scope = f"optimize_report: adapters.{name}, {report.get('split') or 'split not stated'}, n={figures.get('n')}"
+        checks.append(registration.check(f"max_optimized_drop.{name}", what, figures["accuracy_drop"], "<=",
+                                         max_optimized_drop, scope))
+    return checks
 
 
 def _base_model(args: argparse.Namespace) -> str:
@@ -257,7 +320,7 @@ def lineage(args: argparse.Namespace, reports: dict, commit: str | None, run: di
     """`run`: registration.run_lineage() of the step's environment; `train`: the parameters finetune logged to its
     run `train_run`."""
     base = {}
-    if args.adapter is not None:  # the adapter names the base it needs, by id and by content
+    if args.adapter is not None or args.adapters_onnx_model is not None:  # adapters name their base (id, content)
         base_hashes = reports["weights"].get("base_model")
         base["base_model_sha256"] = weights_digest(base_hashes) if base_hashes else None
     return {
@@ -282,7 +345,8 @@ def main(argv=None) -> dict:
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
     run_env = registration.run_lineage(dict(os.environ))  # the pipeline run's commit, components, input runs
     reports = validate(args, tracking_uri)
-    checks = gate_checks(args, reports["metrics"], reports["optimize"])
+    checks = gate_checks(args, reports["metrics"], reports["optimize"]) + adapter_checks(
+        reports["optimize_report"], reports["adapters"], args.max_optimized_drop)
     failed = [c for c in checks if not c["passed"]]
 
     with tracking.step_run() as run:
@@ -334,12 +398,28 @@ def main(argv=None) -> dict:
                         args.model_name, str(mv.version), "adapter_model", f"{adapter_name}/{amv.version}")
                     adapter = {"name": adapter_name, "version": str(amv.version), "base_model": lin["base_model"],
                                "base_model_sha256": lin["base_model_sha256"]}
+                adapters_onnx = None
+                if args.adapters_onnx_model:  # the shared base + every adapter file, one version
+                    set_name = args.adapters_model_name or f"{args.model_name}-adapters-onnx"
+                    optimize_tags = {f"optimize.{k}": str(v)
+                                     for k, v in registration.scalars(reports["optimize_report"]).items()}
+                    set_tags = {k: v for k, v in tags.items() if not k.startswith("optimize.")}
+                    smv = registration.register_folder(
+                        tracking_uri, run.info.run_id, args.adapters_onnx_model, "adapters_onnx_model", set_name,
+                        {**set_tags, **optimize_tags, "adapters": ",".join(reports["adapters"]),
+                         "finetuned_model": f"{args.model_name}/{mv.version}",
+                         **registry.weights_tags(reports["weights"]["adapters_onnx_model"])})
+                    created.append((set_name, str(smv.version)))
+                    registry.client(tracking_uri).set_model_version_tag(
+                        args.model_name, str(mv.version), "adapters_onnx_model", f"{set_name}/{smv.version}")
+                    adapters_onnx = {"name": set_name, "version": str(smv.version), "adapters": reports["adapters"]}
                 for name, version in created:
                     previous = registry.set_alias(tracking_uri, name, args.alias, version)
                     if previous is not None:
                         moved.append((name, previous))
                 result = {"name": args.model_name, "version": str(mv.version), "alias": args.alias, "onnx": onnx,
                           **({"adapter": adapter} if args.adapter else {}),
+                          **({"adapters_onnx": adapters_onnx} if args.adapters_onnx_model else {}),
                           "gate": {"passed": True, "checks": checks, "verdict": registry.gate_verdict(checks)},
                           "lineage": {**lin, "step_run_id": run.info.run_id}, "tracking_uri": tracking_uri}
                 write_json(out / "registration.json", result)
@@ -357,6 +437,9 @@ def main(argv=None) -> dict:
     onnx_text = f"; ONNX: {onnx['name']} version {onnx['version']}" if onnx else ""
     if args.adapter:
         onnx_text += f"; adapter: {adapter['name']} version {adapter['version']} (base {adapter['base_model']})"
+    if args.adapters_onnx_model:
+        onnx_text += (f"; base + adapters {adapters_onnx['adapters']}: {adapters_onnx['name']} version "
+                      f"{adapters_onnx['version']}")
     print(f"register: {args.model_name} version {mv.version} @{args.alias}{onnx_text}; gate passed "
           f"({len(checks)} checks)")
     return result
