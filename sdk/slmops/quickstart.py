@@ -25,16 +25,11 @@ import slmops
 
 # CPU-size overrides of pipelines/finetune.yaml's inputs (the pipeline's own defaults are sized for a full run).
 # The real model learns the task within a few dozen LoRA steps (loss 0.008 after 20 steps of 8 rows).
-REAL_SETS = {
+REAL_SETS = {  # the pipeline's defaults suit the real model; the quickstart keeps it short
     "max_steps": "30",
-    "batch_size": "8",
-    "learning_rate": "0.001",
-    "lr_scheduler": "constant",
-    "lora_r": "8",
     "eval_steps": "15",
     "save_steps": "15",
     "max_seq_len": "128",
-    "k_shot": "5",
     "model_name": "slmops-quickstart",
 }
 # A random-init tiny model needs more, faster steps to leave its plateau (docs/finetune.md).
