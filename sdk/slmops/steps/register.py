@@ -376,43 +376,38 @@ def main(argv=None) -> dict:
                     tracking_uri, run.info.run_id, args.model, "model", args.model_name,
                     {**tags, **registry.weights_tags(reports["weights"]["model"])})
                 created.append((args.model_name, str(mv.version)))
+                def companion(folder: str, artifact: str, name: str, link: str, version_tags: dict) -> str:
+                    """Register a folder that goes with the fine-tuned version (its ONNX build, its adapter, the
+                    shared ONNX base + adapters), linked both ways; returns its version."""
+                    cmv = registration.register_folder(
+                        tracking_uri, run.info.run_id, folder, artifact, name,
+                        {**version_tags, "finetuned_model": f"{args.model_name}/{mv.version}",
+                         **registry.weights_tags(reports["weights"][artifact])})
+                    created.append((name, str(cmv.version)))
+                    registry.client(tracking_uri).set_model_version_tag(
+                        args.model_name, str(mv.version), link, f"{name}/{cmv.version}")
+                    return str(cmv.version)
+
                 onnx = None
                 if args.onnx_model:
-                    omv = registration.register_folder(
-                        tracking_uri, run.info.run_id, args.onnx_model, "onnx_model", onnx_name,
-                        {**tags, "finetuned_model": f"{args.model_name}/{mv.version}",
-                         **registry.weights_tags(reports["weights"]["onnx_model"])})
-                    created.append((onnx_name, str(omv.version)))
-                    registry.client(tracking_uri).set_model_version_tag(
-                        args.model_name, str(mv.version), "onnx_model", f"{onnx_name}/{omv.version}")
-                    onnx = {"name": onnx_name, "version": str(omv.version)}
+                    onnx = {"name": onnx_name,
+                            "version": companion(args.onnx_model, "onnx_model", onnx_name, "onnx_model", tags)}
                 adapter = None
                 if args.adapter:
                     adapter_name = f"{args.model_name}-adapter"
-                    amv = registration.register_folder(
-                        tracking_uri, run.info.run_id, args.adapter, "adapter", adapter_name,
-                        {**tags, "finetuned_model": f"{args.model_name}/{mv.version}",
-                         **registry.weights_tags(reports["weights"]["adapter"])})
-                    created.append((adapter_name, str(amv.version)))
-                    registry.client(tracking_uri).set_model_version_tag(
-                        args.model_name, str(mv.version), "adapter_model", f"{adapter_name}/{amv.version}")
-                    adapter = {"name": adapter_name, "version": str(amv.version), "base_model": lin["base_model"],
-                               "base_model_sha256": lin["base_model_sha256"]}
+                    adapter = {"name": adapter_name,
+                               "version": companion(args.adapter, "adapter", adapter_name, "adapter_model", tags),
+                               "base_model": lin["base_model"], "base_model_sha256": lin["base_model_sha256"]}
                 adapters_onnx = None
                 if args.adapters_onnx_model:  # the shared base + every adapter file, one version
                     set_name = args.adapters_model_name or f"{args.model_name}-adapters-onnx"
                     optimize_tags = {f"optimize.{k}": str(v)
                                      for k, v in registration.scalars(reports["optimize_report"]).items()}
                     set_tags = {k: v for k, v in tags.items() if not k.startswith("optimize.")}
-                    smv = registration.register_folder(
-                        tracking_uri, run.info.run_id, args.adapters_onnx_model, "adapters_onnx_model", set_name,
-                        {**set_tags, **optimize_tags, "adapters": ",".join(reports["adapters"]),
-                         "finetuned_model": f"{args.model_name}/{mv.version}",
-                         **registry.weights_tags(reports["weights"]["adapters_onnx_model"])})
-                    created.append((set_name, str(smv.version)))
-                    registry.client(tracking_uri).set_model_version_tag(
-                        args.model_name, str(mv.version), "adapters_onnx_model", f"{set_name}/{smv.version}")
-                    adapters_onnx = {"name": set_name, "version": str(smv.version), "adapters": reports["adapters"]}
+                    version = companion(args.adapters_onnx_model, "adapters_onnx_model", set_name,
+                                        "adapters_onnx_model",
+                                        {**set_tags, **optimize_tags, "adapters": ",".join(reports["adapters"])})
+                    adapters_onnx = {"name": set_name, "version": version, "adapters": reports["adapters"]}
                 for name, version in created:
                     previous = registry.set_alias(tracking_uri, name, args.alias, version)
                     if previous is not None:
