@@ -34,6 +34,21 @@ CHECKOUT = "actions/checkout@08c6903cd8c0fde910a37f88322edcfb5dd907a8  # v5.0.0"
 SETUP_PYTHON = "actions/setup-python@e797f83bcb11b83ae66e0230d6156d7c80228e7c  # v6.0.0"
 AZURE_LOGIN = "azure/login@a457da9ea143d694b1b9c7c869ebb04ebe844ef5  # v2.3.0"
 
+# The first steps of both workflows: the repository, Python, and this slmops with a CPU torch.
+SETUP_STEPS = """\
+      - uses: {checkout}
+        with:
+          persist-credentials: false
+      - uses: {setup_python}
+        with:
+          python-version: "3.11"
+      # The slmops this project was made with; from a fork: pip install "slmops[azure] @ git+https://...@<commit>"
+      - name: Install slmops (CPU torch)
+        run: |
+          python -m pip install --quiet {torch} --index-url https://download.pytorch.org/whl/cpu
+          python -m pip install --quiet "{requirement}"
+"""
+
 CI = """\
 # Check the pipelines on every pull request: slmops validate (azure-ai-ml's checks and ours: bindings, types,
 # ranges, code folders) and the payload `slmops submit` would send, built offline (no Azure login needed).
@@ -52,18 +67,7 @@ jobs:
     runs-on: ubuntu-latest
     timeout-minutes: 20
     steps:
-      - uses: {checkout}
-        with:
-          persist-credentials: false
-      - uses: {setup_python}
-        with:
-          python-version: "3.11"
-      # The slmops this project was made with; from a fork: pip install "slmops[azure] @ git+https://...@<commit>"
-      - name: Install slmops (CPU torch)
-        run: |
-          python -m pip install --quiet {torch} --index-url https://download.pytorch.org/whl/cpu
-          python -m pip install --quiet "{requirement}"
-      - name: Validate the pipelines
+{setup_steps}      - name: Validate the pipelines
         run: |
           slmops validate pipelines/finetune.yaml --strict
           slmops validate pipelines/finetune_sweep.yaml --strict
@@ -110,18 +114,7 @@ jobs:
       contents: read
       id-token: write
     steps:
-      - uses: {checkout}
-        with:
-          persist-credentials: false
-      - uses: {setup_python}
-        with:
-          python-version: "3.11"
-      # The slmops this project was made with; from a fork: pip install "slmops[azure] @ git+https://...@<commit>"
-      - name: Install slmops (CPU torch)
-        run: |
-          python -m pip install --quiet {torch} --index-url https://download.pytorch.org/whl/cpu
-          python -m pip install --quiet "{requirement}"
-      - uses: {azure_login}
+{setup_steps}      - uses: {azure_login}
         with:
           client-id: ${{{{ secrets.AZURE_CLIENT_ID }}}}
           tenant-id: ${{{{ secrets.AZURE_TENANT_ID }}}}
@@ -230,6 +223,7 @@ def plan(root: Path, name: str) -> dict[str, bytes | Path]:
     files["data/sample.jsonl"] = root / "sdk" / "slmops" / "data" / "tone_sample.jsonl"
     actions = {"checkout": CHECKOUT, "setup_python": SETUP_PYTHON, "azure_login": AZURE_LOGIN,
                "requirement": requirement(), "torch": torch_requirement()}
+    actions["setup_steps"] = SETUP_STEPS.format(**actions)
     files[".github/workflows/ci.yml"] = CI.format(**actions).encode()
     files[".github/workflows/train.yml"] = TRAIN.format(**actions).encode()
     files["README.md"] = README.format(name=name, version=__version__, requirement=requirement()).encode()
