@@ -38,9 +38,9 @@ def test_manifests_from_the_pipeline_validate_against_the_crd(run_cli, tmp_path)
     assert inference["inference"] == {"preset": {"name": "phi-3.5-mini-instruct"}, "adapters": [
         {"source": {"name": "tone-adapter", "image": "myacr.azurecr.io/tone-adapter:1"}, "strength": "1.0"}]}
     training = yaml.safe_load(config["data"]["training_config.yaml"])["training_config"]
-    # pipelines/finetune.yaml: method lora, lora_r 16, learning_rate 0.0002, batch_size 8, max_steps -1
-    assert training["LoraConfig"] == {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
-    assert training["TrainingArguments"]["learning_rate"] == 0.0002
+    # pipelines/finetune.yaml: method lora, lora_r 8, learning_rate 0.001, batch_size 8, max_steps -1
+    assert training["LoraConfig"] == {"r": 8, "lora_alpha": 32, "lora_dropout": 0.05}
+    assert training["TrainingArguments"]["learning_rate"] == 0.001
     assert training["TrainingArguments"]["per_device_train_batch_size"] == 8
     assert training["TrainingArguments"]["num_train_epochs"] == 1 and "QuantizationConfig" not in training
     assert config["metadata"]["name"] == tuning["tuning"]["config"]
