@@ -383,7 +383,8 @@ def test_metrics_and_artifacts_logged_to_mlflow(tmp_path, monkeypatch, prep_dir,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a file store is enough to see what was logged
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # the step's default: every 5 s
+    # a warm tiny-model evaluate can finish within a second: sample often enough to see the system metrics
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")  # the step's default: every 5 s
     result = evaluate.main(["--test_data", str(prep_dir), "--model", str(tiny_model), "--base_model",
                             str(tiny_model), "--max_samples", "5", "--max_new_tokens", "2", "--latency_samples", "1",
                             "--metrics", str(tmp_path / "metrics")])
