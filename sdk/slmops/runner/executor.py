@@ -248,6 +248,7 @@ class Executor:
         self.display = display
         self.max_parallel = max(1, int(max_parallel))
         self.sharing = 1            # how many steps share the cores at the moment a step starts
+        self._free = (-1.0, 0)      # (monotonic time, free cores) of the last sample: steps starting together share it
         self.force_rerun = force_rerun or graph.force_rerun
         self.pipeline_file = pipeline_file
         if envs is None:
@@ -526,8 +527,9 @@ class Executor:
         # (bench/contention.py). Give each step its share of the cores free now unless the user (or the job's
         # environment_variables) chose; the step reads it (slmops.threads).
         if "OMP_NUM_THREADS" not in env:
-            free, _ = threads.choose({})
-            env["OMP_NUM_THREADS"] = str(max(1, free // self.sharing))
+            if time.monotonic() - self._free[0] > 1.0:  # a sample takes 0.25 s: one per round of starts
+                self._free = (time.monotonic(), threads.choose({})[0])
+            env["OMP_NUM_THREADS"] = str(max(1, self._free[1] // self.sharing))
         return env
 
     def _docker(self, plan: Plan, work: Workspace, values: dict, node: Node):
