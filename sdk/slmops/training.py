@@ -86,6 +86,70 @@ def compute_loss_func(fn, model):
     return loss
 
 
+# ---------------------------------------------------------------------------------------------- LM head
+
+LABEL_CHUNK = 1024  # labelled positions projected through the LM head at a time (1024 x vocab fp32 logits)
+
+
+def score_labelled_positions_only(model) -> bool:
+    """Make the trainer's LM head score only the positions that have a label, on CPU. Returns whether it did.
+
+    SFTTrainer patches the base model with TRL's fused LM head (`model(..., fused_lm_head=True)` returns per-token
+    log-probabilities, entropy and top-1 flags). On a device without Triton, TRL scores *every* position against
+    the whole vocabulary, forward and again in backward, although completion-only loss needs the few answer
+    positions; for a 135 M model with a 49 k vocabulary that is about a third of a step. This wraps TRL's forward
+    (call it after the trainer is built): with `fused_lm_head=True` the backbone runs as before and only positions
+    whose next-token label is not -100 go through the head, in checkpointed chunks, returning TRL's output type with
+    the same fields, so the loss and the logged entropy/accuracy are the same numbers. Models that scale or
+    soft-cap their logits, MoE router losses and pre-shifted labels (sequence parallelism) keep TRL's path, as does
+    any CUDA/XPU run (TRL's Triton kernel already scores labelled positions only there)."""
+    import types
+
+    import torch
+    from torch.utils.checkpoint import checkpoint
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config.get_text_config()
+    scaled = any(getattr(config, k, None) is not None for k in
+                 ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling"))
+    if torch.cuda.is_available() or scaled or getattr(config, "output_router_logits", False):
+        return False
+    trl_forward = base.forward
+
+    def scores(hidden, weight, bias, targets):
+        logits = torch.nn.functional.linear(hidden, weight, bias).float()
+        log_softmax = logits.log_softmax(-1)
+        log_probs = log_softmax.gather(-1, targets[:, None]).squeeze(-1)
+        entropy = -(log_softmax.exp() * log_softmax).sum(-1)
+        return log_probs, entropy, logits.argmax(-1) == targets  # argmax: the first maximum, as TRL's is_top1
+
+    def forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
+        if not fused_lm_head or shift_labels is not None or kwargs.get("output_router_logits"):
+            return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels,
+                               num_items_in_batch=num_items_in_batch, **kwargs)
+        kwargs["use_cache"] = False
+        hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]
+        labels = labels[:, 1:].to(hidden.device)
+        mask = labels != -100
+        head = self.get_output_embeddings()
+        picked, targets = hidden[mask], labels[mask]
+        parts = [checkpoint(scores, picked[i:i + LABEL_CHUNK], head.weight, head.bias, targets[i:i + LABEL_CHUNK],
+                            use_reentrant=False) for i in range(0, len(targets), LABEL_CHUNK)]
+        if parts:
+            flat = [torch.cat([part[k] for part in parts]) for k in range(3)]
+        else:  # no labelled position: zeros that stay connected to the graph (a differentiable zero, as in TRL)
+            empty = picked.float().sum(-1)
+            flat = [empty, empty.detach(), empty.detach().bool()]
+        log_probs, entropy, is_top1 = (mask.new_zeros(mask.shape, dtype=f.dtype).masked_scatter(mask, f) for f in flat)
+        count = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+        return FusedCausalLMOutput(loss=-log_probs.sum() / count, log_probs=log_probs, entropy=entropy,
+                                   is_top1=is_top1, label_mask=mask)
+
+    base.forward = types.MethodType(forward, base)
+    return True
+
+
 # ---------------------------------------------------------------------------------------------- precision
 
 def hardware() -> dict:

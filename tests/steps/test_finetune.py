@@ -390,6 +390,43 @@ def test_padding_free_attention_stays_inside_each_example(prepared_data, tiny_mo
     torch.testing.assert_close(packed, alone, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("completion_only", [True, False])
+def test_labelled_positions_head_equals_trls_fused_head(completion_only, prepared_data, tiny_model, tmp_path):
+    """On CPU the step's LM head scores labelled positions only; the loss, TRL's logged entropy/accuracy inputs and
+    the adapter's gradients equal TRL's own fused head scoring every position."""
+    import torch
+
+    trainer, model = make_trainer(prepared_data, tiny_model, tmp_path, "--completion_only_loss", str(completion_only))
+    ours = model.get_base_model().forward
+    assert ours.__func__.__qualname__.startswith("score_labelled_positions_only")  # installed by build_trainer
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    assert (batch["labels"] != -100).sum() > 0
+    inputs = {k: batch[k] for k in ("input_ids", "position_ids", "labels")}
+    model.eval()  # LoRA dropout off: both heads see the same adapter inputs
+
+    def run(forward):
+        model.get_base_model().forward = forward
+        model.zero_grad()
+        out = model(**inputs, fused_lm_head=True)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return out, grads
+
+    mine, mine_grads = run(ours)
+    # TRL's head, as SFTTrainer installs it, on the same weights
+    from trl.trainer.utils import add_fused_lm_head
+    base = model.get_base_model()
+    del base.forward  # back to the class's forward, then TRL's patch over it
+    add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))
+    theirs, their_grads = run(base.forward)
+    torch.testing.assert_close(mine.loss, theirs.loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mine.entropy, theirs.entropy, atol=1e-4, rtol=1e-4)
+    assert torch.equal(mine.is_top1, theirs.is_top1) and torch.equal(mine.label_mask, theirs.label_mask)
+    assert mine_grads.keys() == their_grads.keys() and mine_grads
+    for name in mine_grads:
+        torch.testing.assert_close(mine_grads[name], their_grads[name], atol=1e-5, rtol=1e-4)
+
+
 # --- precision chosen from the hardware -------------------------------------------------------------------------
 
 PRECISION_CASES = [

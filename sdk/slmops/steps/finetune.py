@@ -41,7 +41,7 @@ from slmops.io import atomic_dir, write_json
 from slmops.models import TINY_MARKER, check_weights, load_causal_lm, load_tokenizer, resolve
 from slmops.training import (DEEPSPEED_CONFIGS, LOSS_SIGNATURE, choose_precision, compute_loss_func, hardware,
                              latest_checkpoint, load_loss, loss_record, metrics_callback, read_prepared,
-                             save_mlflow_transformers, to_dataset)
+                             save_mlflow_transformers, score_labelled_positions_only, to_dataset)
 
 METHODS = ["full", "lora", "qlora", "dora"]
 BATCHING = ["padding_free", "packing", "padding"]
@@ -273,8 +273,10 @@ def build_trainer(args, model, tokenizer, train_ds, eval_ds, longest: int, preci
         # TRL 1.16 marks compute_loss_func deprecated (removed in TRL 2, which pyproject keeps out: trl<2) and
         # suggests a subclass; we keep the supported argument (docs/finetune.md, "Custom loss").
         warnings.filterwarnings("ignore", message="`compute_loss_func` is deprecated", category=FutureWarning)
-        return SFTTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
-                          processing_class=tokenizer, callbacks=callbacks, compute_loss_func=loss)
+        trainer = SFTTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
+                             processing_class=tokenizer, callbacks=callbacks, compute_loss_func=loss)
+    score_labelled_positions_only(trainer.model)  # CPU: the LM head scores answer positions only, not every token
+    return trainer
 
 
 def main(argv=None) -> None:
