@@ -4,6 +4,7 @@ Subcommands are imported lazily so `slmops run` on a cached pipeline does not pa
 azure-ai-ml, transformers or mlflow. Each subcommand lives beside the code it drives:
 
     run                                    slmops.runner.cli
+    report                                 slmops.report
     validate                               slmops.pipeline.cli
     quickstart                             slmops.quickstart
     finetune                               slmops.verbs
@@ -29,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("slmops.scaffold:init", "Create a project: pipelines using the slmops components, sample data, "
              "workflows."),
     "run": ("slmops.runner.cli:run", "Run an Azure ML pipeline YAML on this machine, reusing unchanged steps."),
+    "report": ("slmops.report:report", "Write one self-contained HTML report of a run folder (charts, tables, "
+               "resources)."),
     "validate": ("slmops.pipeline.cli:validate", "Check a pipeline YAML offline and report every problem."),
     "submit": ("slmops.azure.cli:submit", "Submit a pipeline YAML to Azure ML (--dry-run: print the payload)."),
     "status": ("slmops.azure.cli:status", "Show an Azure ML run's status and its steps."),
