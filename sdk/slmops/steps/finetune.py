@@ -34,7 +34,7 @@ import shutil
 import warnings
 from pathlib import Path
 
-from slmops import contract, resources, threads, tracking
+from slmops import contract, progress, resources, threads, tracking
 from slmops.contract import Component, Input, Output
 from slmops.errors import UserError, run_main
 from slmops.io import atomic_dir, write_json
@@ -230,7 +230,7 @@ def build_trainer(args, model, tokenizer, train_ds, eval_ds, longest: int, preci
     """TRL's SFTTrainer with every setting explicit (SFTConfig's own defaults are GPU-minded: bf16 and
     gradient checkpointing on)."""
     import torch
-    from transformers import EarlyStoppingCallback
+    from transformers import EarlyStoppingCallback, PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     evaluating = args.eval_steps > 0
@@ -275,6 +275,7 @@ def build_trainer(args, model, tokenizer, train_ds, eval_ds, longest: int, preci
         warnings.filterwarnings("ignore", message="`compute_loss_func` is deprecated", category=FutureWarning)
         trainer = SFTTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
                              processing_class=tokenizer, callbacks=callbacks, compute_loss_func=loss)
+    trainer.remove_callback(PrinterCallback)  # raw log dicts; slmops.progress shows step, loss and ETA instead
     score_labelled_positions_only(trainer.model)  # CPU: the LM head scores answer positions only, not every token
     return trainer
 
@@ -287,6 +288,7 @@ def main(argv=None) -> None:
     compute_threads = threads.apply()
     rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     precision = choose_precision(args.precision, **hardware())
+    bars = progress.Progress()  # before loading: outside a terminal the libraries' tqdm bars are switched off
     # An absolute path, so the adapter's base_model_name_or_path (and the MLflow model's source) still resolve
     # from another working directory; a hub id stays as given.
     base_ref = str(Path(args.base_model).resolve()) if args.base_model else args.base_model_id
@@ -297,14 +299,15 @@ def main(argv=None) -> None:
     train_ds, eval_ds, longest = load_data(args)
     model, tokenizer = load_model(args, base_ref, precision)
     metrics = metrics_callback()
-    trainer = build_trainer(args, model, tokenizer, train_ds, eval_ds, longest, precision, [metrics])
+    trainer = build_trainer(args, model, tokenizer, train_ds, eval_ds, longest, precision,
+                            [metrics, progress.trainer_callback(bars)])
 
     # ---- train (resuming from the latest checkpoint a previous attempt left) -----------------------------
     params = {k: v for k, v in vars(args).items() if k not in ("adapter", "model", "metrics", "checkpoints")}
     loss = loss_record(args.loss, args.loss_function) if args.loss else None
     if loss:
         params["loss"] = f"{loss['file']}:{loss['function']} sha256:{loss['sha256'][:16]}"
-    with tracking.step_run():
+    with bars, tracking.step_run():
         tracking.log_params({**params, "precision_chosen": precision, "world_size": world_size,
                              "compute_threads": compute_threads,
                              "resumed_from": resume_from.name if resume_from else None})
