@@ -32,6 +32,9 @@ use that adapter - PyTorch: a PEFT model with its adapters loaded (`model.set_ad
 ORT GenAI: the `og.Adapters` they were loaded into, passed as `adapters=`
 (`generator.set_active_adapter(adapters, NAME)` on each batch's generator). Without `adapter` nothing changes.
 
+**Progress**: `progress=` (a callable, e.g. `slmops.progress` `Tracker.advance`) is called with the number of prompts
+each batch completed; without it nothing is reported.
+
 `min_new_tokens` forces a fixed number of new tokens (end-of-sequence suppressed until then), which is how
 decode speed is measured with the same token count on both backends (`*_generate`: the ids only, nothing
 decoded).
@@ -146,8 +149,8 @@ def _torch_prefix_cache(model, prefix: list[int]):
 
 
 def _torch_run(model, tokenizer, prompts: list[str], *, max_new_tokens: int | list[int], batch_size: int,
-               min_new_tokens: int = 0, temperature: float = 0.0,
-               adapter: str | None = None) -> list[tuple[int, list[int]]]:
+               min_new_tokens: int = 0, temperature: float = 0.0, adapter: str | None = None,
+               progress=None) -> list[tuple[int, list[int]]]:
     """(prompt token count, new ids cut at eos) of each prompt: `model.generate` over left-padded batches.
 
     When every prompt opens with the same ids (`_shared_prefix`), those are run once: each row is the shared
@@ -200,14 +203,16 @@ def _torch_run(model, tokenizer, prompts: list[str], *, max_new_tokens: int | li
         new = out[:, shared + width:]
         results.extend((len(ids), _cut_at_eos(row[:limit].tolist(), eos_ids))
                        for ids, row, limit in zip(encoded, new, batch_limits))
+        if progress is not None:
+            progress(len(encoded))
     return results
 
 
 def torch_completions(model, tokenizer, prompts: list[str], *, max_new_tokens: int | list[int], batch_size: int,
-                      temperature: float = 0.0, adapter: str | None = None) -> list[Completion]:
+                      temperature: float = 0.0, adapter: str | None = None, progress=None) -> list[Completion]:
     """The completion of each prompt with PyTorch (`max_new_tokens`: one for all, or one per prompt)."""
     runs = _torch_run(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                      temperature=temperature, adapter=adapter)
+                      temperature=temperature, adapter=adapter, progress=progress)
     texts = tokenizer.batch_decode([ids for _, ids in runs], skip_special_tokens=True)
     return [Completion(text.strip(), ids, n_prompt, _finish(ids, limit))
             for (n_prompt, ids), text, limit in zip(runs, texts, _per_prompt(max_new_tokens, len(prompts)))]
@@ -221,10 +226,10 @@ def torch_generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int,
 
 
 def torch_complete(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int,
-                   adapter: str | None = None) -> list[str]:
+                   adapter: str | None = None, progress=None) -> list[str]:
     """Greedy completions (decoded, special tokens skipped, stripped) with PyTorch."""
     return [c.text for c in torch_completions(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                              batch_size=batch_size, adapter=adapter)]
+                                              batch_size=batch_size, adapter=adapter, progress=progress)]
 
 
 # ------------------------------------------------------------------------------------------- ONNX Runtime GenAI
@@ -256,7 +261,7 @@ def ort_eos_ids(tokenizer) -> set[int]:
 
 def _ort_run(model, tokenizer, prompts: list[str], *, max_new_tokens: int | list[int], batch_size: int,
              min_new_tokens: int = 0, temperature: float = 0.0, adapters=None,
-             adapter: str | None = None) -> list[tuple[int, list[int]]]:
+             adapter: str | None = None, progress=None) -> list[tuple[int, list[int]]]:
     """(prompt token count, new ids cut at eos) of each prompt: ORT GenAI (`og.Model`, `og.Tokenizer`) over batches.
 
     A batch is right padded with the pad id (what `og.Tokenizer.encode_batch` does; ORT GenAI masks pad ids),
@@ -302,14 +307,17 @@ def _ort_run(model, tokenizer, prompts: list[str], *, max_new_tokens: int | list
         results.extend((len(ids), _cut_at_eos(generator.get_sequence(i)[width:width + limit], eos_ids))
                        for i, (ids, limit) in enumerate(zip(encoded, batch_limits)))
         del generator
+        if progress is not None:
+            progress(len(encoded))
     return results
 
 
 def ort_completions(model, tokenizer, prompts: list[str], *, max_new_tokens: int | list[int], batch_size: int,
-                    temperature: float = 0.0, adapters=None, adapter: str | None = None) -> list[Completion]:
+                    temperature: float = 0.0, adapters=None, adapter: str | None = None,
+                    progress=None) -> list[Completion]:
     """The completion of each prompt with ORT GenAI (`max_new_tokens`: one for all, or one per prompt)."""
     runs = _ort_run(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                    temperature=temperature, adapters=adapters, adapter=adapter)
+                    temperature=temperature, adapters=adapters, adapter=adapter, progress=progress)
     return [Completion(tokenizer.decode(ids).strip() if ids else "", ids, n_prompt, _finish(ids, limit))
             for (n_prompt, ids), limit in zip(runs, _per_prompt(max_new_tokens, len(prompts)))]
 
@@ -323,10 +331,11 @@ def ort_generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, b
 
 
 def ort_complete(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int, adapters=None,
-                 adapter: str | None = None) -> list[str]:
+                 adapter: str | None = None, progress=None) -> list[str]:
     """Greedy completions (decoded, special tokens skipped, stripped) with ORT GenAI."""
     return [c.text for c in ort_completions(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                            batch_size=batch_size, adapters=adapters, adapter=adapter)]
+                                            batch_size=batch_size, adapters=adapters, adapter=adapter,
+                                            progress=progress)]
 
 
 def reference(row: dict, task: str, special_tokens: list[str]) -> str:
