@@ -155,9 +155,9 @@ class Tracker:
             self._emit(self.line(self.owner.clock()))
 
     # ---- rendering
-    def _info(self) -> str:
-        return " ".join([*(f"{k} {_value(v)}" for k, v in self.fields.items()), *([self.status] if self.status
-                                                                                   else [])])
+    def _info(self, status: bool = True) -> str:
+        return " ".join([*(f"{k} {_value(v)}" for k, v in self.fields.items()),
+                         *([self.status] if status and self.status else [])])
 
     def line(self, now: float) -> str:
         """The plain line: `train step 10/60 (17%) loss 0.412 eta 2m31s`; at the end `... took 8m12s`."""
@@ -170,9 +170,9 @@ class Tracker:
         if self.total:
             pct = 100 * self.completed / self.total
             parts.append(f"({min(round(pct), 99) if self.completed < self.total else 100}%)")
-        if info := self._info():
-            parts.append(info)
         finished = self.total is not None and self.completed >= self.total
+        if info := self._info(status=not finished):  # the status says what runs now: nothing, at the end
+            parts.append(info)
         if finished or self.closed:
             parts.append(f"took {format_duration(elapsed)}")
         elif self.show_eta and (eta := eta_seconds(self.completed, self.total, elapsed, self.start)) is not None:

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slmops import contract, generation, metrics, models, resources, threads, tracking
+from slmops import contract, generation, metrics, models, progress, resources, threads, tracking
 from slmops.contract import Component, Input, Output
 from slmops.data import read_prepared_rows
 from slmops.errors import UserError, run_main
@@ -222,8 +222,9 @@ def kshot_prompt(shots: list[dict], prompt: str) -> str:
 
 # -------------------------------------------------------------------------------------------------------- scoring
 
-def completion_nll(model, rows: list[dict], batch_size: int) -> tuple[float, int]:
-    """Summed negative log-likelihood of the completion tokens (`input_ids[prompt_length:]`) and their count."""
+def completion_nll(model, rows: list[dict], batch_size: int, progress=None) -> tuple[float, int]:
+    """Summed negative log-likelihood of the completion tokens (`input_ids[prompt_length:]`) and their count;
+    `progress(n)` after each batch of n rows."""
     import torch
     import torch.nn.functional as F
 
@@ -246,10 +247,12 @@ def completion_nll(model, rows: list[dict], batch_size: int) -> tuple[float, int
         mask = scored[:, 1:]
         nll += float(losses[mask].sum())
         count += int(mask.sum())
+        if progress is not None:
+            progress(len(batch))
     return nll, count
 
 
-def measure_latency(model, tokenizer, prompts: list[str], args) -> dict:
+def measure_latency(model, tokenizer, prompts: list[str], args, progress=None) -> dict:
     """Per-request cost at batch size 1: the first `latency_samples` prompts sent one at a time after one
     warm-up request; mean wall milliseconds per request and generated tokens / summed seconds."""
     sample = prompts[:args.latency_samples]
@@ -263,24 +266,35 @@ def measure_latency(model, tokenizer, prompts: list[str], args) -> dict:
         [completion] = generation.torch_completions(model, tokenizer, [prompt], **one)
         seconds += time.perf_counter() - start
         tokens += len(completion.ids)
+        if progress is not None:  # outside the timed span
+            progress(1)
     return {"latency_ms": 1000 * seconds / len(sample), "generated_tokens_per_s": tokens / seconds,
             "latency_samples": len(sample)}
 
 
 def score(model, tokenizer, label: str, prompts: list[str], references: list[str], args,
-          nll_rows: list[dict] | None = None) -> tuple[dict, list[str]]:
-    """One variant on the test rows: quality with intervals, prompt tokens, latency. Returns (metrics, predictions)."""
+          nll_rows: list[dict] | None = None, bars: progress.Progress = progress.OFF) -> tuple[dict, list[str]]:
+    """One variant on the test rows: quality with intervals, prompt tokens, latency. Returns (metrics, predictions).
+    Progress on `bars`: one tracker per variant counting generated rows, perplexity rows and timed requests."""
+    timed = min(args.latency_samples, len(prompts))
+    track = bars.tracker(len(prompts) + (len(nll_rows) if args.task == "generation" else 0) + timed,
+                         f"evaluate {label}")
+    track.update(status="generate")
     completions = generation.torch_completions(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
-                                               batch_size=args.batch_size)
+                                               batch_size=args.batch_size, progress=track.advance)
     predictions = [c.text for c in completions]
     result = {"label": label, "split": SPLIT, "n": len(prompts)}
     if args.task == "generation":
-        nll, n_tokens = completion_nll(model, nll_rows, args.batch_size)
+        track.update(status="perplexity")
+        nll, n_tokens = completion_nll(model, nll_rows, args.batch_size, progress=track.advance)
         result["perplexity"] = metrics.perplexity(nll, n_tokens)
     result.update(metrics.quality(args.task, predictions, references))
     result["prompt_tokens_mean"] = sum(c.prompt_tokens for c in completions) / len(completions)
     result["generated_tokens_mean"] = sum(len(c.ids) for c in completions) / len(completions)
-    result.update(measure_latency(model, tokenizer, prompts, args))
+    track.update(status="latency")
+    result.update(measure_latency(model, tokenizer, prompts, args, progress=track.advance))
+    track.update(status="")
+    track.close()
     return result, predictions
 
 
@@ -571,6 +585,7 @@ def main(argv=None) -> dict:
     inputs = validate(args)
     threads.apply()
     usage = resources.start()
+    bars = progress.Progress()  # before loading: outside a terminal the libraries' tqdm bars are switched off
     rows = inputs.rows
     base_ref = args.base_model or args.base_model_id
     special = models.load_tokenizer(args.model).all_special_tokens
@@ -581,7 +596,7 @@ def main(argv=None) -> dict:
     summary = inputs.train_summary or {}
     train_seconds = summary.get("train_seconds") if isinstance(summary.get("train_seconds"), (int, float)) else None
 
-    with tracking.step_run():
+    with bars, tracking.step_run():
         tracking.log_params({"task": args.task, "split": SPLIT, "n": len(rows), "k_shot": len(shots),
                              "k_shot_seed": args.k_shot_seed, "max_new_tokens": args.max_new_tokens,
                              "compute_price_per_hour": args.compute_price_per_hour,
@@ -590,7 +605,7 @@ def main(argv=None) -> dict:
         variants, predictions = {}, {}
         model, tokenizer = load(base_ref)
         variants["base_zero_shot"], predictions["base"] = score(model, tokenizer, "base, zero-shot", prompts,
-                                                                references, args, rows)
+                                                                references, args, rows, bars)
         if shots:
             kshot_prompts = [kshot_prompt(shots, p) for p in prompts]
             check_fits(model, tokenizer, kshot_prompts, args)
@@ -600,11 +615,11 @@ def main(argv=None) -> dict:
                 nll_rows = [{"input_ids": ids + r["input_ids"][r["prompt_length"]:], "prompt_length": len(ids)}
                             for ids, r in zip(encoded, rows)]
             variants["base_k_shot"], predictions["k-shot"] = score(model, tokenizer, f"base, {len(shots)}-shot",
-                                                                   kshot_prompts, references, args, nll_rows)
+                                                                   kshot_prompts, references, args, nll_rows, bars)
         del model
         model, tokenizer = load(args.model)
         variants["finetuned"], predictions["fine-tuned"] = score(model, tokenizer, "fine-tuned", prompts,
-                                                                 references, args, rows)
+                                                                 references, args, rows, bars)
         del model
         if inputs.optimize is not None:
             variants["onnx"] = onnx_variant(inputs.optimize, args.task)
