@@ -33,8 +33,9 @@ import time
 MODES = ("auto", "bar", "lines", "off")
 MODE_ENV, INTERVAL_ENV = "SLMOPS_PROGRESS", "SLMOPS_PROGRESS_INTERVAL"
 DEFAULT_INTERVAL = 30.0  # seconds between two plain lines of the same tracker (forced events aside)
-# A plain progress line: "<description> <done>/<total>[ <unit>] (<pct>%)..." or "<description> stage <i>/<n>: ..."
-LINE = re.compile(r"^\S.*? (\d+/\d+(?: \S+)? \(\d+%\)|stage \d+/\d+:)")
+# A plain progress line: "<description> <done>/<total>[ <unit>] (<pct>%) ..." or "<description> stage <i>/<n>[ at
+# <elapsed>]: <name>"
+LINE = re.compile(r"^\S.*? (\d+/\d+(?: \S+)? \(\d+%\)|stage \d+/\d+(?: at \S+)?:)")
 
 
 def format_duration(seconds: float) -> str:
@@ -130,7 +131,7 @@ class Tracker:
                 self.last_line = now
 
     def stage(self, name: str) -> None:
-        """Begin the next stage: the previous one is complete. Prints `<description> stage i/n: <name>`."""
+        """Begin the next stage: the previous one is complete. Prints `<description> stage i/n at <elapsed>: <name>`."""
         if self._stage:
             self.completed = self._stage
         self._stage += 1
@@ -138,8 +139,8 @@ class Tracker:
         if self.owner.mode == "bar" and self._task is not None:
             self.owner._rich.update(self._task, completed=self.completed, info=self._info())
         elif self.owner.mode == "lines":
-            after = f" (after {format_duration(self.owner.clock() - self.began)})" if self._stage > 1 else ""
-            self._emit(f"{self.description} stage {self._stage}/{self.total}: {name}{after}")
+            at = f" at {format_duration(self.owner.clock() - self.began)}" if self._stage > 1 else ""
+            self._emit(f"{self.description} stage {self._stage}/{self.total}{at}: {name}")
 
     def close(self) -> None:
         """The loop ended (also early: stopped before its total): a last line in `lines` mode."""

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 from slmops import adapters as multi
-from slmops import contract, generation, metrics, models, threads, tracking
+from slmops import contract, generation, metrics, models, progress, threads, tracking
 from slmops.contract import Component, Input, Output
 from slmops.errors import UserError, run_main
 from slmops.io import atomic_dir, write_json
@@ -254,9 +254,10 @@ def task_score(task: str, predictions: list[str], references: list[str]) -> floa
     return metrics.rouge_l(predictions, references)
 
 
-def decode_speeds(generators: dict, prompts: list[str], new_tokens: int) -> dict[str, float]:
+def decode_speeds(generators: dict, prompts: list[str], new_tokens: int, progress=None) -> dict[str, float]:
     """Tokens/s of each `generate(prompts, max_new_tokens=, min_new_tokens=, batch_size=)`, one prompt at a
-    time. The runtimes take turns prompt by prompt, so both see the same load on a shared machine."""
+    time. The runtimes take turns prompt by prompt, so both see the same load on a shared machine. `progress(1)`
+    after each timed prompt, outside the timed span."""
     fixed = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "batch_size": 1}
     for generate in generators.values():
         generate(prompts[:1], **fixed)  # warm-up
@@ -268,6 +269,8 @@ def decode_speeds(generators: dict, prompts: list[str], new_tokens: int) -> dict
             elapsed[name] += time.perf_counter() - start
             if len(ids) != new_tokens:  # eos is suppressed until new_tokens, so the count is fixed
                 raise RuntimeError(f"decode speed: {name} generated {len(ids)} tokens, expected {new_tokens}")
+            if progress is not None:
+                progress(1)
     return {name: len(prompts) * new_tokens / seconds for name, seconds in elapsed.items()}
 
 
@@ -293,6 +296,7 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     source, targets = validate(args)
     compute_threads = threads.apply()
+    bars = progress.Progress()  # before loading: outside a terminal the libraries' tqdm bars are switched off
     import onnxruntime_genai as og
     import torch
 
@@ -303,7 +307,8 @@ def main(argv=None) -> dict:
     first_prompts = [r["prompt"] for r in targets[0][2]]
     speed_prompts = [first_prompts[i % len(first_prompts)] for i in range(args.speed_prompts)]
 
-    with tracking.step_run():
+    with bars, tracking.step_run():
+        stages = bars.stages(3, "optimize")
         tracking.log_params({"precision": args.precision, "execution_provider": args.execution_provider,
                              "task": args.task, "n": sum(len(rows) for _, _, rows in targets),
                              "speed_prompts": args.speed_prompts, "speed_tokens": args.speed_tokens,
@@ -311,6 +316,8 @@ def main(argv=None) -> dict:
         with tempfile.TemporaryDirectory(prefix="slmops-optimize-") as work, \
                 atomic_dir(args.onnx_model) as onnx_out, atomic_dir(args.report) as report_out:
             hf_dir = stage_hf_folder(source, Path(work, "hf"))
+            stages.stage(f"export + quantize ({args.precision}, {args.execution_provider}"
+                         f"{f', {len(targets)} adapters' if switchable else ''})")
             started = time.perf_counter()
             files = {}
             if switchable:
@@ -321,6 +328,9 @@ def main(argv=None) -> dict:
             build_s = time.perf_counter() - started
             copied = copy_tokenizer_files(Path(source.tokenizer), onnx_out)
 
+            n_rows = sum(len(rows) for _, _, rows in targets)
+            stages.stage(f"accuracy check (ONNX and PyTorch on {n_rows} test rows)")
+            rows_done = bars.tracker(2 * n_rows, "optimize accuracy", unit="rows")
             config = og.Config(str(onnx_out))
             config.overlay(threads.ort_overlay(compute_threads))  # ORT's own default: every core, busy or not
             config.clear_providers()
@@ -340,18 +350,22 @@ def main(argv=None) -> dict:
                 lambda prompts, name: generation.ort_complete(og_model, og_tokenizer, prompts,
                                                               max_new_tokens=args.max_new_tokens,
                                                               batch_size=BATCH_SIZE, adapters=og_adapters,
-                                                              adapter=name),
+                                                              adapter=name, progress=rows_done.advance),
                 lambda prompts, name: generation.torch_complete(torch_model, tokenizer, prompts,
                                                                 max_new_tokens=args.max_new_tokens,
-                                                                batch_size=BATCH_SIZE, adapter=name),
+                                                                batch_size=BATCH_SIZE, adapter=name,
+                                                                progress=rows_done.advance),
                 references)
+            stages.stage(f"decode speed ({args.speed_prompts} prompts x {args.speed_tokens} tokens, each runtime)")
             first = targets[0][0]
             speeds = decode_speeds(
                 {"onnx": lambda p, **kw: generation.ort_generate(og_model, og_tokenizer, p, adapters=og_adapters,
                                                                  adapter=first, **kw),
                  "pytorch": lambda p, **kw: generation.torch_generate(torch_model, tokenizer, p, adapter=first,
                                                                       **kw)},
-                speed_prompts, args.speed_tokens)
+                speed_prompts, args.speed_tokens,
+                progress=bars.tracker(2 * len(speed_prompts), "optimize decode speed", unit="prompts").advance)
+            stages.close()
             onnx_speed, torch_speed = speeds["onnx"], speeds["pytorch"]
             del og_adapters, og_tokenizer, og_model, torch_model
 
