@@ -12,7 +12,6 @@ test rows no training or selection step saw, with the verdict, then the next com
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -55,20 +54,19 @@ def repo_root() -> Path:
     return root
 
 
-def _read(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 def summary(run_dir: Path) -> dict:
     """Collect the figures a person wants from the run's step outputs."""
-    out = lambda node, name: run_dir / node / "outputs" / name  # noqa: E731
+    from slmops.report import REPORT_NAME, read_json, step_output
+
+    out = lambda node, name: step_output(run_dir, node, name)  # noqa: E731
     return {
-        "data": _read(out("prep", "output_data") / "data_report.json"),
-        "train": _read(out("finetune", "metrics") / "train_summary.json"),
-        "eval": _read(out("evaluate", "metrics") / "metrics.json"),
-        "optimize": _read(out("optimize", "report") / "optimize_report.json"),
-        "registration": _read(out("register", "registration") / "registration.json"),
+        "data": read_json(out("prep", "output_data") / "data_report.json"),
+        "train": read_json(out("finetune", "metrics") / "train_summary.json"),
+        "eval": read_json(out("evaluate", "metrics") / "metrics.json"),
+        "optimize": read_json(out("optimize", "report") / "optimize_report.json"),
+        "registration": read_json(out("register", "registration") / "registration.json"),
         "report": out("evaluate", "metrics") / "report.md",
+        "html": run_dir / REPORT_NAME,
     }
 
 
@@ -115,7 +113,8 @@ def print_summary(s: dict, seconds: float, run_dir: Path, *, tiny: bool, model_d
     if tiny:
         console.print("[bold]Note:[/] the tiny base model starts from random weights, so its base accuracy is at "
                       "chance or below; the gain shows what fine-tuning taught it, not what a real model would score.")
-    console.print(f"report: {s['report']}   run folder: {run_dir}   wall time: {seconds:.0f} s")
+    console.print(f"report: {s['html']} (evaluate's markdown: {s['report']})   run folder: {run_dir}   wall time: "
+                  f"{seconds:.0f} s")
     name = reg.get("name", "slmops-quickstart")
     pipeline = repo_root() / "pipelines" / "finetune.yaml"
     console.print("\n[bold]Next:[/]\n"

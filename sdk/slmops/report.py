@@ -195,7 +195,7 @@ def loss_chart(history: list, point: dict, width: int = 760, height: int = 340) 
     series = [s for s in series if s[2]]
     values = [v for s in series for _, v in s[2]]
     steps = [x for s in series for x, _ in s[2]]
-    left, right, top, bottom = 64, 16, 16, 46
+    left, right, top, bottom = 64, 16, 28, 46
     plot_w, plot_h = width - left - right, height - top - bottom
     log = min(values) > 0 and max(values) / min(values) > 20
     if log:
@@ -247,11 +247,10 @@ def loss_chart(history: list, point: dict, width: int = 760, height: int = 340) 
         if dots or len(points) == 1:
             parts += [f'<circle cx="{x_of(s):.1f}" cy="{y_of(v):.1f}" r="3.5" fill="{color}"><title>{esc(label)}: '
                       f'step {s:g}, {v:.4f}</title></circle>' for s, v in points]
-    legend_x, legend_y = left + plot_w - 150, top + plot_h - 14 - 18 * (len(series) - 1)
-    for i, (label, color, _, _) in enumerate(series):
-        y = legend_y + 18 * i
-        parts.append(f'<line x1="{legend_x}" x2="{legend_x + 22}" y1="{y - 4}" y2="{y - 4}" stroke="{color}" '
-                     f'stroke-width="2"/><text x="{legend_x + 28}" y="{y}" class="tick">{esc(label)}</text>')
+    for i, (label, color, _, _) in enumerate(series):     # the legend above the plot, where no line runs
+        x = left + 150 * i
+        parts.append(f'<line x1="{x}" x2="{x + 22}" y1="10" y2="10" stroke="{color}" stroke-width="2"/>'
+                     f'<text x="{x + 28}" y="14" class="tick">{esc(label)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -330,7 +329,8 @@ def section_header(run_dir: Path, run: dict) -> str:
         rows.append(("MLflow run", f"{esc(run['mlflow_run_id'])} at {esc(run.get('tracking_uri', '?'))}"))
     for node, path in find(run_dir, "data")[:1]:
         counts = read_json(path).get("rows")
-        splits = [f"{k} {counts[k]}" for k in ("train", "validation", "test") if isinstance(counts, dict) and k in counts]
+        counts = counts if isinstance(counts, dict) else {}
+        splits = [f"{k} {counts[k]}" for k in ("train", "validation", "test") if k in counts]
         if splits:
             rows.append(("data", esc(" / ".join(splits) + " rows")))
     rows.append(("generated", esc(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))))
@@ -470,7 +470,7 @@ def mlflow_runs(uri: str, run_ids: list[str]) -> tuple[dict, str]:
                 row = con.execute("SELECT start_time, end_time FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
                 if row is None:
                     continue
-                info = {"start": row[0], "wall_s": (row[1] - row[0]) / 1000 if row[0] and row[1] else None}
+                info = {"start": row[0], "wall_s": (row[1] - row[0]) / 1000 if None not in row else None}
                 for key, sql, name in [("machine_cpu", "AVG", "system/cpu_utilization_percentage"),
                                        ("machine_mem", "MAX", "system/system_memory_usage_megabytes")]:
                     info[key] = con.execute(f"SELECT {sql}(value) FROM metrics WHERE run_uuid = ? AND key = ?",
@@ -550,10 +550,12 @@ dl.meta{display:grid;grid-template-columns:max-content 1fr;gap:2px 16px;margin:0
 dl.meta dt{color:#6b7280}dl.meta dd{margin:0;word-break:break-all}.state{color:#6b7280}
 table{border-collapse:collapse;margin:8px 0;background:#fff;font-size:.92em}
 th,td{border:1px solid #d1d5db;padding:4px 10px;text-align:left;vertical-align:top}
-thead th{background:#f3f4f6}table.numbers td:not(:first-child){text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+thead th{background:#f3f4f6}
+table.numbers td:not(:first-child){text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .cms{display:flex;flex-wrap:wrap;gap:20px;align-items:flex-start}
-table.cm td{text-align:center;min-width:34px;font-variant-numeric:tabular-nums}table.cm td.diag{outline:2px solid #111827;
-outline-offset:-2px}table.cm caption{font-weight:600;padding-bottom:4px;text-align:left}
+table.cm td{text-align:center;min-width:34px;font-variant-numeric:tabular-nums}
+table.cm td.diag{outline:2px solid #111827;outline-offset:-2px}
+table.cm caption{font-weight:600;padding-bottom:4px;text-align:left}
 table.cm th{font-weight:500;font-size:.9em}table.cm th.corner{color:#6b7280;font-size:.8em}
 .chart{display:block;max-width:100%;height:auto;margin:8px 0}.chart .tick{font-size:11px;fill:#374151}
 .chart .axis{font-size:12px;fill:#111827}.chart .marker{font-size:12px;fill:#dc2626;font-weight:600}

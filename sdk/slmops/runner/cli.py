@@ -167,6 +167,10 @@ def run(pipeline: Path, set_: tuple[str, ...], strict: bool, run_dir: Path | Non
 
     for table in write_trials_tables(graph, run_dir):     # hyper-parameters vs objective, per sweep node that ran
         click.echo(table)
+    if code == 0:       # <run dir>/report.html, also an artifact of the pipeline's MLflow run (slmops.report)
+        from slmops.report import publish
+
+        click.echo(f"report: {publish(run_dir, tracker, executor.parent_run)}")
     click.echo(f"run {'succeeded' if code == 0 else 'FAILED'} ({summary}); run folder: {run_dir}; "
                f"MLflow run {executor.parent_run} at {uri}")
     if code != 0:
