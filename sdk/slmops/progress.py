@@ -15,7 +15,7 @@ Modes (`SLMOPS_PROGRESS`, default `auto`):
 - `off`: nothing;
 - `auto`: `bar` when stdout is a terminal, else `lines` (the local runner pipes a step's output; Azure ML and CI
   write it to a file).
-Outside `bar` mode the libraries' own tqdm bars (datasets, transformers, huggingface_hub) are switched off when the
+Outside `bar` mode the libraries' own tqdm bars (datasets, transformers, huggingface_hub, MLflow) are switched off when the
 Progress is made (at the step's entry point, before models and data load), so a step's log holds no `\\r`-joined
 bar fragments. Entering the Progress starts the live display of `bar` mode; trackers are made inside it.
 
@@ -74,10 +74,11 @@ def choose_mode(requested: str, stream) -> str:
 
 
 def quiet_libraries() -> None:
-    """Switch off the tqdm bars of datasets, transformers and huggingface_hub: through the environment for what is
+    """Switch off the tqdm bars of datasets, transformers, huggingface_hub and MLflow: through the environment for what is
     imported later (and for subprocesses), through their switches for what is imported already."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # read at each download
     if "huggingface_hub" in sys.modules:
         sys.modules["huggingface_hub"].utils.disable_progress_bars()
     if "datasets" in sys.modules:

@@ -99,7 +99,11 @@ def test_passing_gate_registers_both_models_with_lineage_and_alias(env, tmp_path
     assert result["gate"]["passed"] and [c["name"] for c in result["gate"]["checks"]] == list(GATE)
     assert result["lineage"]["eval"]["finetuned.accuracy"] == 0.9 and result["lineage"]["dataset_sha256"] == SHA
     assert result["lineage"]["optimize"]["onnx.tokens_per_s"] == 4800.0
-    assert "tone-pass version 1 @candidate; ONNX: tone-pass-onnx version 1" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "tone-pass version 1 @candidate; ONNX: tone-pass-onnx version 1" in printed
+    # progress (not a terminal): one plain line per stage, no \r
+    assert f"register stage 1/4: quality gate ({len(GATE)} checks)" in printed and "\r" not in printed
+    assert "register stage 3/4 at " in printed and ": register tone-pass-onnx" in printed
 
     for name, folder in (("tone-pass", paths["model"]), ("tone-pass-onnx", paths["onnx_model"])):
         mv = registry.get_version(env, registry.ModelRef(name, alias="candidate"))

@@ -51,7 +51,7 @@ import subprocess  # noqa: F401  (tests patch register.subprocess.run; git runs 
 from pathlib import Path
 
 from slmops import adapters as multi
-from slmops import contract, registration, registry, tracking, weights
+from slmops import contract, progress, registration, registry, tracking, weights
 from slmops.contract import Component, Input, Output
 from slmops.errors import GateFailed, UserError, run_main
 from slmops.io import atomic_dir, write_json
@@ -348,8 +348,13 @@ def main(argv=None) -> dict:
     checks = gate_checks(args, reports["metrics"], reports["optimize"]) + adapter_checks(
         reports["optimize_report"], reports["adapters"], args.max_optimized_drop)
     failed = [c for c in checks if not c["passed"]]
+    bars = progress.Progress()
+    # stages: the gate, each version registered, the aliases
+    registered = 1 + sum(bool(x) for x in (args.onnx_model, args.adapter, args.adapters_onnx_model))
 
-    with tracking.step_run() as run:
+    with bars, tracking.step_run() as run:
+        stages = bars.stages(registered + 2, "register")
+        stages.stage(f"quality gate ({len(checks)} checks)")
         tracking.set_tags({"gate": "failed" if failed else "passed",
                            "gate.checks": registry.tags_json(checks)})
         tracking.log_metrics({f"gate.{c['name']}": c["value"] for c in checks})
@@ -372,6 +377,7 @@ def main(argv=None) -> dict:
         moved: list[tuple[str, str]] = []  # (name, version the alias pointed at before) for aliases moved
         with atomic_dir(args.registration) as out:
             try:
+                stages.stage(f"register {args.model_name}")
                 mv = registration.register_folder(
                     tracking_uri, run.info.run_id, args.model, "model", args.model_name,
                     {**tags, **registry.weights_tags(reports["weights"]["model"])})
@@ -379,6 +385,7 @@ def main(argv=None) -> dict:
                 def companion(folder: str, artifact: str, name: str, link: str, version_tags: dict) -> str:
                     """Register a folder that goes with the fine-tuned version (its ONNX build, its adapter, the
                     shared ONNX base + adapters), linked both ways; returns its version."""
+                    stages.stage(f"register {name}")
                     cmv = registration.register_folder(
                         tracking_uri, run.info.run_id, folder, artifact, name,
                         {**version_tags, "finetuned_model": f"{args.model_name}/{mv.version}",
@@ -408,6 +415,7 @@ def main(argv=None) -> dict:
                                         "adapters_onnx_model",
                                         {**set_tags, **optimize_tags, "adapters": ",".join(reports["adapters"])})
                     adapters_onnx = {"name": set_name, "version": version, "adapters": reports["adapters"]}
+                stages.stage(f"alias @{args.alias} on {len(created)} versions")
                 for name, version in created:
                     previous = registry.set_alias(tracking_uri, name, args.alias, version)
                     if previous is not None:
@@ -418,6 +426,7 @@ def main(argv=None) -> dict:
                           "gate": {"passed": True, "checks": checks, "verdict": registry.gate_verdict(checks)},
                           "lineage": {**lin, "step_run_id": run.info.run_id}, "tracking_uri": tracking_uri}
                 write_json(out / "registration.json", result)
+                stages.close()
             except BaseException:
                 # Undo: a half-registered pair must not look like a candidate, and the previous one stays.
                 for name, version in created:
