@@ -97,8 +97,11 @@ def fake_run(root: Path, *, nodes=tuple(STEPS), metrics: dict | None = None, his
     write(run_dir / "run.json", {"pipeline": "pipelines/finetune.yaml", "status": "FINISHED", "failed": [],
                                  "mlflow_run_id": "parent", "tracking_uri": f"sqlite:///{db}",
                                  "steps": {n: "done" for n in nodes}})
+    reads = {"evaluate": {"train_metrics": report.step_output(run_dir, "finetune", "metrics")},
+             "register": {"eval_metrics": report.step_output(run_dir, "evaluate", "metrics"),
+                          "optimize_report": report.step_output(run_dir, "optimize", "report")}}
     for node in nodes:
-        inputs = {"train_metrics": str(run_dir / "finetune" / "outputs" / "metrics")} if node == "evaluate" else {}
+        inputs = {k: str(v) for k, v in reads.get(node, {}).items()}
         write(run_dir / node / "step.json", {"node": node, "status": "reused" if node == "prep" else "done",
                                              "mlflow_run_id": f"run-{node}", "inputs": inputs})
     if "prep" in nodes:
@@ -180,6 +183,24 @@ def test_sections_a_pipeline_did_not_produce_are_omitted_with_a_note(tmp_path):
     # a folder with nothing in it at all still gives a page
     (tmp_path / "empty").mkdir()
     assert "Resource use: no &lt;node&gt;/step.json" in report.build(tmp_path / "empty")
+
+
+def test_two_chains_in_one_pipeline_each_get_their_sections_and_their_own_gate(tmp_path):
+    """multi_adapter.yaml: evaluate_topic and register_topic beside evaluate and register."""
+    run_dir = fake_run(tmp_path)
+    topic = metrics_json(["food", "money", "sports"], verdict_text="topic verdict")
+    write(report.step_output(run_dir, "evaluate_topic", "metrics") / "metrics.json", topic)
+    write(report.step_output(run_dir, "register_topic", "registration") / "registration.json",
+          {**REGISTRATION, "name": "topic-model"})
+    write(run_dir / "evaluate_topic" / "step.json", {"node": "evaluate_topic", "status": "done", "inputs": {}})
+    write(run_dir / "register_topic" / "step.json", {"node": "register_topic", "status": "done", "inputs": {
+        "eval_metrics": str(report.step_output(run_dir, "evaluate_topic", "metrics"))}})
+    page = report.build(run_dir)
+    assert sections(page)[:2] == ["Fine-tune or prompt?: evaluate", "Fine-tune or prompt?: evaluate_topic"]
+    assert "Confusion matrices: evaluate_topic" in sections(page) and "Loss curves" in sections(page)
+    first, second = page.split("<h2>Fine-tune or prompt?: evaluate_topic</h2>")
+    assert "Registered tone v1" in first.split("<h2>Fine-tune or prompt?: evaluate</h2>")[1]
+    assert "Registered topic-model v1" in second.split("<h2>")[0] and "topic verdict" in second.split("<h2>")[0]
 
 
 def test_a_generation_task_and_unreadable_files_give_notes_not_errors(tmp_path):

@@ -435,7 +435,7 @@ def section_onnx(node: str, report: dict, registration: dict) -> str:
             ["answers identical to PyTorch's (agreement)", "", esc(fmt(report.get("agreement"), ".1%")), ""],
             ["model size MB", "", esc(fmt(onnx.get("size_mb"), ",.1f")), ""],
             ["build time", "", esc(duration(onnx.get("build_s"))), ""]]
-    out = [f"<p>PyTorch (the merged fine-tuned model) against its ONNX Runtime GenAI build "
+    out = [f"<p>The fine-tuned model in PyTorch against its ONNX Runtime GenAI build "
            f"({esc(report.get('precision', '?'))}, {esc(report.get('execution_provider', '?'))}), same rows, greedy."
            "</p>", table(["", "PyTorch", "ONNX", "change"], rows, "numbers")]
     adapters = report.get("adapters")
@@ -587,23 +587,24 @@ def build(run_dir: Path) -> str:
         run = {}
     run = run if isinstance(run, dict) else {}
 
-    def first(role: str) -> dict:
-        for _, path in find(run_dir, role)[:1]:
-            try:
-                data = read_json(path)
-            except (OSError, ValueError):
-                return {}
-            return data if isinstance(data, dict) else {}
-        return {}
+    def load(path: Path, kind=dict):
+        data = read_json(path)
+        if not isinstance(data, kind):
+            raise ValueError(f"not a JSON {'object' if kind is dict else 'list'}")
+        return data
 
-    registration = first("registration")
-    evals = find(run_dir, "eval")
-    evaluated = {}
-    for node, path in evals:
+    def consumer(role: str, folder: Path, producers: str) -> dict:
+        """The `role` file of the node that took `folder` as an input (e.g. the register step that read this
+        evaluate's metrics); with no such record, the only one when the run has one node of each role."""
+        found = find(run_dir, role)
+        chosen = [path for node, path in found if _reads(run_dir, node, folder)]
+        if not chosen and len(found) == 1 and len(find(run_dir, producers)) == 1:
+            chosen = [found[0][1]]
         try:
-            evaluated[node] = read_json(path)
+            return load(chosen[0]) if chosen else {}
         except (OSError, ValueError):
-            evaluated[node] = None
+            return {}
+
     sections = []
 
     def each(title: str, role: str, render) -> None:
@@ -615,35 +616,13 @@ def build(run_dir: Path) -> str:
             heading = title if len(found) == 1 else f"{title}: {node}"
             sections.append(_section(heading, _guard(title, path, lambda: render(node, path))))
 
-    def evaluation(node):
-        data = evaluated.get(node)
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        return data
-
-    each("Fine-tune or prompt?", "eval",
-         lambda node, path: section_comparison(node, evaluation(node), registration))
-
-    def losses(node, path):
-        history = read_json(path)
-        if not isinstance(history, list):
-            raise ValueError("not a list of log records")
-        # the evaluate node that read this finetune's metrics (its train_metrics input), for its over-fitting check
-        readers = [n for n, _ in evals if _reads(run_dir, n, path.parent)]
-        readers = readers or ([n for n, _ in evals] if len(evals) == 1 and len(find(run_dir, "history")) == 1 else [])
-        checked = evaluated.get(readers[0]) if readers else None
-        return section_losses(node, history, checked if isinstance(checked, dict) else None)
-
-    each("Loss curves", "history", losses)
-    each("Confusion matrices", "eval", lambda node, path: section_confusion(node, evaluation(node)))
-
-    def drift(node, path):
-        data = read_json(path)
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        return section_onnx(node, data, registration)
-
-    each("ONNX drift", "optimize", drift)
+    each("Fine-tune or prompt?", "eval", lambda node, path: section_comparison(
+        node, load(path), consumer("registration", path.parent, "eval")))
+    each("Loss curves", "history", lambda node, path: section_losses(
+        node, load(path, list), consumer("eval", path.parent, "history") or None))   # evaluate's over-fitting check
+    each("Confusion matrices", "eval", lambda node, path: section_confusion(node, load(path)))
+    each("ONNX drift", "optimize", lambda node, path: section_onnx(
+        node, load(path), consumer("registration", path.parent, "optimize")))
     sections.append(_section("Resource use per step", _guard("Resource use", run_dir,
                                                              lambda: section_resources(run_dir, run))))
     title = f"slmops run report: {run_dir.name}"
