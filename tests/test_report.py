@@ -272,6 +272,17 @@ def test_the_runner_writes_the_report_and_logs_it_to_the_pipelines_mlflow_run(ru
     assert Path(client.download_artifacts(parent, "report/report.html", str(runs))).read_text() == page
 
 
+def test_a_tracking_server_refusing_the_report_is_a_warning_and_the_file_stays(tmp_path):
+    class Refusing:
+        def log_artifacts(self, run_id, folder, artifact_path):
+            raise ConnectionError("503 from the tracking server")
+
+    said = []
+    path = report.publish(fake_run(tmp_path), Refusing(), "parent", warn=said.append)
+    assert path.is_file() and len(said) == 1
+    assert "not logged to MLflow run parent (ConnectionError: 503 from the tracking server)" in said[0]
+
+
 CHROMIUM = Path("/usr/bin/chromium")
 
 

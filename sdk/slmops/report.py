@@ -658,13 +658,18 @@ def write(run_dir: Path, out: Path | None = None) -> Path:
     return out
 
 
-def publish(run_dir: Path, tracker, run_id: str) -> Path:
+def publish(run_dir: Path, tracker, run_id: str, warn=print) -> Path:
     """Write `<run_dir>/report.html` and log it to the MLflow run `run_id` as `report/report.html` (`tracker`: a
-    recorder of slmops.runner.tracking)."""
+    recorder of slmops.runner.tracking). A tracking server that refuses the file is a warning: the run succeeded
+    and its report is on disk."""
     path = write(run_dir)
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / REPORT_NAME).write_bytes(path.read_bytes())
-        tracker.log_artifacts(run_id, Path(folder), "report")
+        try:
+            tracker.log_artifacts(run_id, Path(folder), "report")
+        except Exception as exc:      # the server's error types vary (mlflow, azureml, requests, OSError)
+            warn(f"warning: the report was not logged to MLflow run {run_id} ({type(exc).__name__}: {exc}); it is "
+                 f"at {path}")
     return path
 
 

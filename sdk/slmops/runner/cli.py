@@ -170,7 +170,7 @@ def run(pipeline: Path, set_: tuple[str, ...], strict: bool, run_dir: Path | Non
     if code == 0:       # <run dir>/report.html, also an artifact of the pipeline's MLflow run (slmops.report)
         from slmops.report import publish
 
-        click.echo(f"report: {publish(run_dir, tracker, executor.parent_run)}")
+        click.echo(f"report: {publish(run_dir, tracker, executor.parent_run, warn=echo_warning)}")
     click.echo(f"run {'succeeded' if code == 0 else 'FAILED'} ({summary}); run folder: {run_dir}; "
                f"MLflow run {executor.parent_run} at {uri}")
     if code != 0:
