@@ -15,9 +15,9 @@ Modes (`SLMOPS_PROGRESS`, default `auto`):
 - `off`: nothing;
 - `auto`: `bar` when stdout is a terminal, else `lines` (the local runner pipes a step's output; Azure ML and CI
   write it to a file).
-Outside `bar` mode the libraries' own tqdm bars (datasets, transformers, huggingface_hub, MLflow) are switched off when the
-Progress is made (at the step's entry point, before models and data load), so a step's log holds no `\\r`-joined
-bar fragments. Entering the Progress starts the live display of `bar` mode; trackers are made inside it.
+Outside `bar` mode the libraries' own tqdm bars (datasets, transformers, huggingface_hub, MLflow) are switched off
+when the Progress is made (at the step's entry point, before models and data load), so a step's log holds no
+`\\r`-joined bar fragments. Entering the Progress starts the live display of `bar` mode; trackers are made inside it.
 
 ETA: the remaining count at the mean rate since the tracker began (`eta_seconds`); a resumed training run counts
 from the step it resumed at.
@@ -74,8 +74,8 @@ def choose_mode(requested: str, stream) -> str:
 
 
 def quiet_libraries() -> None:
-    """Switch off the tqdm bars of datasets, transformers, huggingface_hub and MLflow: through the environment for what is
-    imported later (and for subprocesses), through their switches for what is imported already."""
+    """Switch off the tqdm bars of datasets, transformers, huggingface_hub and MLflow: through the environment for
+    what is imported later (and for subprocesses), through their switches for what is imported already."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # read at each download
