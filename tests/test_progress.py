@@ -260,3 +260,29 @@ def test_a_piped_finetune_step_logs_progress_lines_and_no_carriage_return(prepar
     assert [line.split(" loss ")[0] for line in steps] == ["train step 1/2 (50%)", "train step 2/2 (100%)",
                                                           "train step 2/2 (100%)"]
     assert "eval_loss" in steps[-1] and all(progress.LINE.match(line) for line in steps)
+
+
+def test_the_runners_live_table_shows_a_steps_latest_progress_line():
+    """On a terminal the runner shows the latest progress line beside the running step instead of printing it;
+    without a terminal (CI) every line is printed with the step's prefix."""
+    from rich.console import Console
+
+    from slmops.runner.display import Display
+
+    display = Display(["finetune", "evaluate"], live=True,
+                      console=Console(file=io.StringIO(), force_terminal=True, width=160))
+    display.state("finetune", "running")
+    display.line("finetune", "train step 1/4 (25%) loss 6.946 eta 6s")
+    display.line("finetune", "train step 2/4 (50%) loss 6.5 eta 4s")
+    display.line("finetune", "compute threads: 1")
+    table = display._table()
+    display.close()
+    assert str(table.columns[1]._cells[0]) == "running  train step 2/4 (50%) loss 6.5 eta 4s"
+    printed = display.console.file.getvalue()
+    assert "finetune | compute threads: 1" in printed and "finetune | train step" not in printed
+
+    out = io.StringIO()
+    plain = Display(["finetune"], live=False)
+    plain._print = lambda text, style=None: out.write(text + "\n")
+    plain.line("finetune", "train step 1/4 (25%) loss 6.946 eta 6s")
+    assert out.getvalue() == "finetune | train step 1/4 (25%) loss 6.946 eta 6s\n"

@@ -1,6 +1,8 @@
 """What a person sees while a pipeline runs: a live table of steps on a terminal, plain lines otherwise (CI).
 
-Every line a step prints is shown with the step's name as prefix; state changes are shown as they happen.
+Every line a step prints is shown with the step's name as prefix; state changes are shown as they happen. On the live
+table a step's progress lines (`slmops.progress`, e.g. `train step 10/60 (17%) loss 0.412 eta 2m31s`) are not
+printed: the latest one is shown beside its state while it runs (every line stays in the step's std_log.txt).
 """
 
 from __future__ import annotations
@@ -8,6 +10,8 @@ from __future__ import annotations
 import sys
 import threading
 import time
+
+from slmops.progress import LINE as PROGRESS_LINE
 
 STYLES = {"pending": "dim", "building": "magenta", "running": "cyan", "reused": "green", "done": "bold green",
           "failed": "bold red",
@@ -19,6 +23,7 @@ class Display:
         self.states = {name: "pending" for name in nodes}
         self.started: dict[str, float] = {}
         self.durations: dict[str, float] = {}
+        self.progress: dict[str, str] = {}  # step -> its latest progress line (live table only)
         self.lock = threading.Lock()
         self.live = sys.stdout.isatty() if live is None else live
         self._live = None
@@ -37,7 +42,7 @@ class Display:
 
         table = Table(box=None, show_header=True, header_style="bold")
         table.add_column("step")
-        table.add_column("state")
+        table.add_column("state", no_wrap=True, overflow="ellipsis")
         table.add_column("time", justify="right")
         for name, state in self.states.items():
             if name in self.durations:
@@ -47,7 +52,10 @@ class Display:
             else:
                 seconds = None
             # Text, not markup: the table is also redrawn inside console.print(markup=False) of step output lines.
-            table.add_row(name, Text(state, style=STYLES.get(state, "")), "" if seconds is None else f"{seconds:.1f}s")
+            shown = Text(state, style=STYLES.get(state, ""))
+            if state == "running" and name in self.progress:
+                shown.append("  " + self.progress[name], style="dim")
+            table.add_row(name, shown, "" if seconds is None else f"{seconds:.1f}s")
         return table
 
     def _print(self, text: str, style: str | None = None) -> None:
@@ -76,6 +84,10 @@ class Display:
                 self._live.refresh()
 
     def line(self, name: str, text: str) -> None:
+        step = name.split("[", 1)[0]  # `node[rank]`, `node[trial]`
+        if self._live is not None and step in self.states and PROGRESS_LINE.match(text):
+            self.progress[step] = text if step == name else f"{name[len(step):]} {text}"
+            return
         self._print(f"{name} | {text}")
 
     def notice(self, text: str) -> None:

@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slmops import threads
+from slmops import progress, threads
 from slmops.errors import UserError
 from slmops.io import write_json
 from slmops.pipeline.checks import INPUT_REF, OPTIONAL, format_value
@@ -514,6 +514,8 @@ class Executor:
                    MLFLOW_EXPERIMENT_ID=str(self.tracker.experiment_id), AZUREML_RUN_ID=run_id,
                    AZUREML_ROOT_RUN_ID=self.parent_run, PYTHONUNBUFFERED="1")
         env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        if self.display.live:  # the live table shows a step's latest progress line: one every 5 s, not 30
+            env.setdefault(progress.INTERVAL_ENV, "5")
         # `python`/`pip` of a command are the step's own layer over its environment, whatever PATH holds: what it
         # pip-installs lands in the layer, never in the runner's environment or another step's.
         bin_dir = self.envs.step_layer(plan, work.layer)
