@@ -7,7 +7,7 @@ azure-ai-ml, transformers or mlflow. Each subcommand lives beside the code it dr
     report                                 slmops.report
     validate                               slmops.pipeline.cli
     quickstart                             slmops.quickstart
-    finetune                               slmops.verbs
+    finetune, optimize                     slmops.verbs
     init                                   slmops.scaffold
     submit, status, logs, download, cancel, components   slmops.azure.cli
     serve, promote                         slmops.serving.cli
@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("slmops.quickstart:quickstart", "Build a tiny model offline and run the real pipeline on it."),
     "finetune": ("slmops.verbs:finetune", "Fine-tune --model on --data with the pipeline, here or --azure (one "
                  "command)."),
+    "optimize": ("slmops.verbs:optimize", "Optimize an existing --model for ONNX Runtime GenAI with the pipeline, "
+                 "gated and registered."),
     "init": ("slmops.scaffold:init", "Create a project: pipelines using the slmops components, sample data, "
              "workflows."),
     "run": ("slmops.runner.cli:run", "Run an Azure ML pipeline YAML on this machine, reusing unchanged steps."),
