@@ -65,17 +65,42 @@ def find_train_run(tracking_uri: str, pipeline_run_id: str | None) -> str | None
     return found[0] if len(found) == 1 else None
 
 
-def train_params(tracking_uri: str, run_id: str | None) -> dict:
-    """The parameters finetune logged to its MLflow run `run_id` (its full hyper-parameters); {} without a run id
-    or when the registry does not hold that run."""
-    if not run_id:
-        return {}
-    from mlflow.exceptions import MlflowException
+# The key of the MLflow model's MLmodel `metadata` under which finetune records the parameters it trained with (the
+# ones it logs to its run), so they travel with the model to wherever it is registered.
+TRAIN_METADATA = "slmops_train_params"
 
+
+def train_params(tracking_uri: str, run_id: str | None, model: str | Path | None = None) -> dict:
+    """The parameters finetune trained the model with (its full hyper-parameters, as text like MLflow params): those
+    it logged to its MLflow run `run_id`, overlaid with those recorded in the MLflow model folder `model`
+    (recorded_train_params). The model's own record is what holds when no run can be named: on Azure ML the best
+    trial of a sweep is a child of the sweep's run, not of the pipeline run, so find_train_run finds none; locally
+    the runner names that trial's run (SLMOPS_INPUT_RUNS), and both agree. {} when neither is there."""
+    logged = {}
+    if run_id:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            logged = dict(registry.client(tracking_uri).get_run(run_id).data.params)
+        except MlflowException:
+            logged = {}
+    return {**logged, **(recorded_train_params(model) if model is not None else {})}
+
+
+def recorded_train_params(model: str | Path) -> dict[str, str]:
+    """The parameters recorded in an MLflow model folder's MLmodel (`metadata: {slmops_train_params: {...}}`, as
+    `mlflow.<flavor>.save_model(..., metadata=...)` writes it), each as text the way MLflow logs a param; {} for a
+    folder without MLmodel or without the record (a model not written by finetune, or by an older slmops)."""
+    import yaml
+
+    path = Path(model) / "MLmodel"
     try:
-        return dict(registry.client(tracking_uri).get_run(run_id).data.params)
-    except MlflowException:
+        doc = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
         return {}
+    metadata = doc.get("metadata") if isinstance(doc, dict) else None
+    recorded = metadata.get(TRAIN_METADATA) if isinstance(metadata, dict) else None
+    return {str(k): str(v) for k, v in recorded.items()} if isinstance(recorded, dict) else {}
 
 
 def alias_ok(alias: str) -> bool:
