@@ -374,9 +374,9 @@ def registered_model(model: str, azure: bool, uri: str | None) -> str:
 @click.command()
 @click.option("--model", help="The model to optimize: an MLflow model folder (e.g. finetune's model output), a "
                               "registered version (models:/NAME@ALIAS, models:/NAME/VERSION) or an azureml: model.")
-@click.option("--data", help="Rows to score (JSONL/CSV/Parquet or an azureml: data asset; default the pipeline's): prep "
-                             "holds out a test split as pipelines/finetune.yaml does, so the model's own training data "
-                             "is scored on the rows it did not train on.")
+@click.option("--data", help="Rows to score (JSONL/CSV/Parquet or an azureml: data asset; default the pipeline's): "
+                             "prep holds out a test split as pipelines/finetune.yaml does, so the model's own training "
+                             "data is scored on the rows it did not train on.")
 @click.option("--test-data", help="A separate test file: all its rows are scored (the pipeline input `test_data`).")
 @click.option("--precision", type=click.Choice(PRECISIONS), help="ONNX weight precision (the pipeline input "
                                                                   "`onnx_precision`; default int4).")
