@@ -271,14 +271,16 @@ def metrics_callback():
 
 # ---------------------------------------------------------------------------------------------- model output
 
-def save_mlflow_transformers(model, tokenizer, out: Path, *, tiny_marker: Path | None) -> None:
+def save_mlflow_transformers(model, tokenizer, out: Path, *, tiny_marker: Path | None,
+                             metadata: dict | None = None) -> None:
     """Write `model` + `tokenizer` with `mlflow.transformers.save_model` into the (empty) folder `out`:
     `MLmodel`, `model/`, `components/tokenizer/` (~2 s on the tiny model).
 
     Requirements are given explicitly so MLflow does not infer them. MLflow looks up the model card and license
     of `model.name_or_path` on the hub; the step sets it to the base model's absolute path for local bases, which
     MLflow rejects as a repo id at once (a warning, no network), and to the hub id otherwise (a real card).
-    A tiny model's marker is copied into `model/` so loaders keep its fast tokenizer."""
+    A tiny model's marker is copied into `model/` so loaders keep its fast tokenizer. `metadata` goes into the
+    MLmodel file (finetune records its training parameters there: slmops.registration.TRAIN_METADATA)."""
     import os
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -289,6 +291,6 @@ def save_mlflow_transformers(model, tokenizer, out: Path, *, tiny_marker: Path |
     reqs = [f"mlflow=={mlflow.__version__}", f"transformers=={transformers.__version__}",
             f"torch=={torch.__version__.split('+')[0]}", "safetensors", "tokenizers"]
     mlflow.transformers.save_model({"model": model, "tokenizer": tokenizer}, str(out), task="text-generation",
-                                   pip_requirements=reqs)
+                                   pip_requirements=reqs, metadata=metadata)
     if tiny_marker is not None and tiny_marker.exists():
         shutil.copy(tiny_marker, Path(out) / "model" / tiny_marker.name)

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from slmops.errors import UserError, run_main
+from slmops.registration import recorded_train_params
 from slmops.steps import finetune
 from slmops.training import DEEPSPEED_CONFIGS, choose_precision, latest_checkpoint
 
@@ -58,6 +59,10 @@ def test_finetuned_fixture_learns_the_task(finetuned, prepared_data):
     model_dir = finetuned["model"]
     assert (model_dir / "MLmodel").is_file() and (model_dir / "model" / "slmops_tiny.json").is_file()
     assert "transformers" in yaml.safe_load((model_dir / "MLmodel").read_text())["flavors"]
+    # the training parameters travel with the model (lineage where no run can be named: an Azure ML sweep's trial)
+    recorded = recorded_train_params(model_dir)
+    assert recorded["learning_rate"] == "0.002" and recorded["method"] == "lora" and recorded["max_steps"] == "100"
+    assert recorded["precision_chosen"] == "fp32" and "train_data" in recorded
     assert resolve(model_dir).is_tiny
     assert (finetuned["adapter"] / "adapter_config.json").is_file()
     assert (finetuned["checkpoints"] / "checkpoint-100").is_dir()

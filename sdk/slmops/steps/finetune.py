@@ -39,6 +39,7 @@ from slmops.contract import Component, Input, Output
 from slmops.errors import UserError, run_main
 from slmops.io import atomic_dir, write_json
 from slmops.models import TINY_MARKER, check_weights, load_causal_lm, load_tokenizer, resolve
+from slmops.registration import TRAIN_METADATA
 from slmops.training import (DEEPSPEED_CONFIGS, LOSS_SIGNATURE, choose_precision, compute_loss_func, hardware,
                              latest_checkpoint, load_loss, loss_record, metrics_callback, read_prepared,
                              save_mlflow_transformers, score_labelled_positions_only, to_dataset)
@@ -308,9 +309,9 @@ def main(argv=None) -> None:
     if loss:
         params["loss"] = f"{loss['file']}:{loss['function']} sha256:{loss['sha256'][:16]}"
     with bars, tracking.step_run():
-        tracking.log_params({**params, "precision_chosen": precision, "world_size": world_size,
-                             "compute_threads": compute_threads,
-                             "resumed_from": resume_from.name if resume_from else None})
+        params = {**params, "precision_chosen": precision, "world_size": world_size,
+                  "compute_threads": compute_threads, "resumed_from": resume_from.name if resume_from else None}
+        tracking.log_params(params)
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         final_eval = final_evaluation(trainer, args) if args.eval_steps > 0 else {}
         # Every rank takes part in saving (ZeRO-3 gathers the weights); only the main process writes.
@@ -339,7 +340,7 @@ def main(argv=None) -> None:
             "base_loaded_in_4bit": bool(getattr(model, "is_loaded_in_4bit", False)),
             "resources": resources.summary(usage),  # this process (rank 0), from loading to the end of training
         }
-        save_outputs(args, final, base_ref, tokenizer, history, summary)
+        save_outputs(args, final, base_ref, tokenizer, history, summary, params)
         tracking.log_metrics({**{k: summary[k] for k in ("tokens_per_s", "tokens_seen")},
                               **{k: summary["resources"][k] for k in ("peak_rss_mb", "mean_cpu_percent")}})
         print(json.dumps(summary, indent=2))
@@ -373,8 +374,10 @@ def whole_run_train_loss(history: list[dict], resumed_from: Path | None, attempt
     return (total + attempt_loss * (global_step - resumed)) / global_step
 
 
-def save_outputs(args, final: Path, base_ref: str, tokenizer, history: list, summary: dict) -> None:
-    """Write the adapter, the merged MLflow model and the metrics; all three land together or not at all."""
+def save_outputs(args, final: Path, base_ref: str, tokenizer, history: list, summary: dict, params: dict) -> None:
+    """Write the adapter, the merged MLflow model and the metrics; all three land together or not at all. The
+    training parameters (those logged to the run) are recorded in the model's MLmodel too, so they reach the
+    registered version's lineage where no run can be named (a sweep's best trial on Azure ML)."""
     import torch
 
     with atomic_dir(args.adapter) as adapter, atomic_dir(args.model) as model, atomic_dir(args.metrics) as metrics:
@@ -392,7 +395,8 @@ def save_outputs(args, final: Path, base_ref: str, tokenizer, history: list, sum
         merged.name_or_path = merged.config.name_or_path = base_ref  # the lineage MLflow records
         source = resolve(base_ref)
         save_mlflow_transformers(merged, tokenizer, model,
-                                 tiny_marker=Path(source.weights) / TINY_MARKER if source.is_local else None)
+                                 tiny_marker=Path(source.weights) / TINY_MARKER if source.is_local else None,
+                                 metadata={TRAIN_METADATA: {k: str(v) for k, v in params.items()}})
         write_json(metrics / "train_history.json", history)
         write_json(metrics / "train_summary.json", summary)
         if args.loss:  # the loss code travels with the result it trained (sha256 in train_summary.json)

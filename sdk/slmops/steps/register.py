@@ -369,7 +369,7 @@ def main(argv=None) -> dict:
         commit = run_env["git_commit"] or registration.git_commit(tracking_uri, run.info.run_id)
         train_run = run_env["input_runs"].get("model") or registration.find_train_run(
             tracking_uri, os.environ.get("AZUREML_ROOT_RUN_ID"))
-        train = registration.train_params(tracking_uri, train_run)
+        train = registration.train_params(tracking_uri, train_run, args.model)
         lin = lineage(args, reports, commit, run_env, train_run, train)
         tags = registration.version_tags(lin, checks, run.info.run_id)
         onnx_name = f"{args.model_name}-onnx"
