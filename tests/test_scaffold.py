@@ -37,7 +37,7 @@ def project(tmp_path_factory) -> Path:
     return where / "my-project"
 
 
-@pytest.mark.parametrize("pipeline", ["finetune.yaml", "finetune_sweep.yaml"])
+@pytest.mark.parametrize("pipeline", ["finetune.yaml", "finetune_sweep.yaml", "optimize.yaml"])
 def test_the_scaffold_validates_unchanged(project, pipeline):
     result = slmops("validate", f"pipelines/{pipeline}", "--strict", cwd=project)
     assert result.exit_code == 0, result.output

@@ -3,7 +3,8 @@
     slmops init my-project          # then: cd my-project && cat README.md
 
 What it writes (from the slmops checkout this package is installed from; nothing is downloaded):
-- `pipelines/finetune.yaml`, `pipelines/finetune_sweep.yaml`: our templates, reading `data/sample.jsonl`;
+- `pipelines/finetune.yaml`, `pipelines/finetune_sweep.yaml`, `pipelines/optimize.yaml`: our templates, reading
+  `data/sample.jsonl`;
 - `components/<step>/component.yaml`: our five components, unchanged (`code: ../../sdk`);
 - `sdk/`: the steps' code, exactly the files Azure ML snapshots for them (`sdk/.amlignore` applied), so the
   components run and upload as they do from the checkout;
@@ -25,7 +26,7 @@ import click
 from slmops.errors import UserError
 
 STEPS = ("prep", "finetune", "evaluate", "optimize", "register")
-PIPELINES = ("finetune.yaml", "finetune_sweep.yaml")
+PIPELINES = ("finetune.yaml", "finetune_sweep.yaml", "optimize.yaml")
 SAMPLE_IN_CHECKOUT = "../sdk/slmops/data/tone_sample.jsonl"    # the templates' data path, from pipelines/
 SAMPLE_IN_PROJECT = "../data/sample.jsonl"
 
@@ -140,6 +141,7 @@ evaluated against prompting it, exported to ONNX Runtime GenAI and registered be
 |---|---|
 | `pipelines/finetune.yaml` | prep -> finetune (LoRA) -> evaluate -> optimize (ONNX) -> register; its `inputs:` are the knobs |
 | `pipelines/finetune_sweep.yaml` | the same with a hyper-parameter sweep of the finetune step |
+| `pipelines/optimize.yaml` | an existing model: prep -> optimize (ONNX) -> evaluate -> register (`slmops optimize --model M`) |
 | `data/sample.jsonl` | 2,000 sample rows `{{"phrase", "tone"}}`: the pipeline's default data |
 | `components/`, `sdk/` | the slmops steps (Azure ML components and their code, slmops {version}) — not edited by hand |
 | `environments/` | the Azure ML environments `slmops submit` registers |
