@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "multi_adapter.yaml"
 # the quickstart's tiny settings (slmops.quickstart.TINY_SETS) for both tasks; 2 topic examples fit the tiny context.
-# Short system prompts: the template's instructions are 53 and 65 tokens on the tiny tokenizer, 2/3 of each row, which
+# Short system prompts: the template's instructions are 53 and 65 tokens on the tiny tokenizer, over half of each row, which
 # the random-init model cannot read anyway; without them training is ~4x cheaper and the adapters learn more in the
 # same 120 steps (tone 0.84-0.87, topic 0.81-0.86 held-out accuracy, against 0.59 and 0.92 with the long prompts).
 SETS = {"max_steps": 120, "batch_size": 16, "learning_rate": 0.002, "lr_scheduler": "constant", "lora_r": 16,
