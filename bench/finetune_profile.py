@@ -2,7 +2,7 @@
 what the trainer adds around them - for `slmops.steps.finetune`'s own trainer on a model and prep output.
 
     python bench/finetune_profile.py --model ~/.cache/slmops/models/smollm2-135m-instruct-* \
-        --data /tmp/qs/run/prep/outputs/output_data --steps 6
+        --data /tmp/qs/run/prep/outputs/output_data --steps 6 [--heads 6]
 
 The trainer is the step's own (`finetune.load_model` + `finetune.build_trainer`, the step's defaults plus the
 flags given: LoRA r 8 all-linear, padding-free batches, completion-only loss). The loop below does what one
@@ -29,6 +29,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--data", required=True, help="prep's output folder")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--heads", type=int, default=0,
+                        help="also time forward + backward of one batch N times with the step's LM head and with "
+                             "TRL's own fused head, alternating (A B, B A, ...): medians, ratio, both losses")
     args = parser.parse_args(argv)
 
     import torch
@@ -96,7 +99,50 @@ def main(argv=None) -> dict:
     print(f"| the trainer's own work (its step {trainer_step:.3f} s minus the three) | {trainer_step - compute:.3f} | "
           f"{(trainer_step - compute) / trainer_step:.0%} |")
     print(f"| collation (before the trainer's step begins) | {medians['collate']:.3f} | - |")
+    if args.heads:
+        report["heads"] = compare_heads(trainer, model, next(batches), args.heads)
     return report
+
+
+def compare_heads(trainer, model, batch: dict, rounds: int) -> dict:
+    """Forward (trainer.compute_loss) + backward of one batch, `rounds` times with each LM head, alternating: the
+    step's (labelled positions only, slmops.training.score_labelled_positions_only) and TRL's fused head as
+    SFTTrainer installs it (every position on a CPU). Same weights, same batch: the losses must agree."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    base = model.get_base_model()
+    heads = {"slmops": base.forward}
+    del base.forward
+    add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))
+    heads["trl"] = base.forward
+    times: dict[str, list] = {name: [] for name in heads}
+    losses: dict[str, float] = {}
+    model.eval()  # LoRA dropout off: both heads see the same inputs (autograd still on)
+    for i in range(rounds):
+        for name in (["slmops", "trl"] if i % 2 == 0 else ["trl", "slmops"]):
+            base.forward = heads[name]
+            model.zero_grad()
+            start = time.perf_counter()
+            loss = trainer.compute_loss(model, dict(batch))
+            middle = time.perf_counter()
+            loss.backward()
+            times[name].append((middle - start, time.perf_counter() - middle))
+            losses[name] = loss.item()
+    base.forward = heads["slmops"]
+    med = {name: {"forward": statistics.median(f for f, _ in t), "backward": statistics.median(b for _, b in t),
+                  "total": statistics.median(f + b for f, b in t)} for name, t in times.items()}
+    labelled = int((batch["labels"] != -100).sum())
+    print(f"\nLM heads, one batch of {batch['input_ids'].numel()} tokens ({labelled} labelled), {rounds} rounds "
+          "alternating, medians\n")
+    print("| head | forward s | backward s | total s | loss |")
+    print("|---|---|---|---|---|")
+    for name in ("trl", "slmops"):
+        print(f"| {name} | {med[name]['forward']:.3f} | {med[name]['backward']:.3f} | {med[name]['total']:.3f} | "
+              f"{losses[name]:.6f} |")
+    ratio = med["trl"]["total"] / med["slmops"]["total"]
+    print(f"\nslmops' head: {ratio:.2f}x TRL's per forward + backward; losses differ by "
+          f"{abs(losses['trl'] - losses['slmops']) / abs(losses['trl']):.1e} (relative)")
+    return {"medians_s": med, "losses": losses, "ratio": ratio, "labelled": labelled}
 
 
 if __name__ == "__main__":

@@ -41,7 +41,21 @@ PROMPTS = [
 ]
 
 
-def bodies(n: int, max_new_tokens: int) -> list[bytes]:
+SYSTEM = ("Classify the tone of the phrase as one of: angry, fearful, joyful, neutral, sad. "
+          "Answer with the label only.")  # the quickstart's system prompt: what its endpoint is asked
+
+
+def bodies(n: int, max_new_tokens: int, workload: str = "raw") -> list[bytes]:
+    """`raw`: uneven raw prompts (each answer runs to max_new_tokens on a chat model: decode-heavy); `chat`: the
+    fine-tuned tone endpoint's own requests, the system prompt and one phrase as chat messages (prefill-heavy,
+    a shared system prompt, answers of a few tokens)."""
+    if workload == "chat":
+        from slmops.tiny import tone_dataset
+
+        rows = tone_dataset(n, seed=1)
+        return [json.dumps({"messages": [{"role": "system", "content": SYSTEM},
+                                         {"role": "user", "content": f"Phrase: {r['phrase']}"}],
+                            "max_new_tokens": max_new_tokens, "temperature": 0}).encode() for r in rows]
     return [json.dumps({"prompt": f"{PROMPTS[i % len(PROMPTS)]} ({i})", "max_new_tokens": max_new_tokens,
                         "temperature": 0}).encode() for i in range(n)]
 
@@ -122,7 +136,7 @@ def inprocess_senders(model: Path, max_batch: int, wait_ms: float):
 
         def send(body: bytes, state: dict, b=b):
             r = json.loads(body)
-            return 200, b.submit(r["prompt"], None, r["max_new_tokens"], r["temperature"]).text
+            return 200, b.submit(r.get("prompt"), r.get("messages"), r["max_new_tokens"], r["temperature"]).text
         sides[name] = send
     return sides
 
@@ -141,8 +155,8 @@ def tiny(backend: str, work: Path) -> Path:
 
 def table(results: dict, args, model: Path) -> str:
     lines = [f"model `{model.name}`, mode {args.mode}, {os.cpu_count()} cores, SLMOPS_MAX_BATCH {args.max_batch} vs 1, "
-             f"SLMOPS_BATCH_WAIT_MS {args.wait_ms}, threads {args.threads}, {args.requests} requests x "
-             f"{args.max_new_tokens} new tokens per run, {args.pairs} A/B pairs (medians)", "",
+             f"SLMOPS_BATCH_WAIT_MS {args.wait_ms}, threads {args.threads}, {args.requests} {args.workload} requests x "
+             f"up to {args.max_new_tokens} new tokens per run, {args.pairs} A/B pairs (medians)", "",
              "| concurrency | server | requests/s | p50 ms | p99 ms | errors | load avg (1 min) | speedup | "
              "same answers |", "|---|---|---|---|---|---|---|---|---|"]
     for concurrency, runs in results.items():
@@ -170,6 +184,8 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,32", help="comma-separated client concurrency levels")
     parser.add_argument("--pairs", type=int, default=3, help="A/B pairs per concurrency level (medians reported)")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="max_new_tokens of every request")
+    parser.add_argument("--workload", choices=["raw", "chat"], default="raw",
+                        help="raw: uneven raw prompts (decode-heavy); chat: the tone endpoint's chat requests")
     parser.add_argument("--max-batch", type=int, default=8, help="SLMOPS_MAX_BATCH of the batched side")
     parser.add_argument("--wait-ms", type=float, default=5.0, help="SLMOPS_BATCH_WAIT_MS of the batched side")
     parser.add_argument("--threads", type=int, default=None,
@@ -192,10 +208,10 @@ def main() -> None:
                     procs.append(proc)
             else:
                 sides = inprocess_senders(model, args.max_batch, args.wait_ms)
-            warm = bodies(args.warmup, args.max_new_tokens)
+            warm = bodies(args.warmup, args.max_new_tokens, args.workload)
             for send in sides.values():
                 load(send, warm, min(4, len(warm)))
-            requests = bodies(args.requests, args.max_new_tokens)
+            requests = bodies(args.requests, args.max_new_tokens, args.workload)
             results = {c: {"batched": [], "one-at-a-time": []} for c in levels}
             for concurrency in levels:
                 for pair in range(args.pairs):
