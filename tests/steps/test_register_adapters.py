@@ -174,3 +174,40 @@ def test_a_report_of_other_adapters_is_refused(tmp_path, env):  # noqa: F811
     with pytest.raises(UserError, match=r"has the adapters \['sentiment', 'tone'\] but optimize_report.json reports "
                                         r"\['tone', 'topic'\]"):
         register.main(argv(paths, tmp_path / "out", "other"))
+
+
+def after(root, passed: bool):
+    """A register step's registration output (tone's), its gate passed or not."""
+    root.mkdir()
+    (root / "registration.json").write_text(json.dumps({"name": "multi-tone", "version": "4", "gate": {
+        "passed": passed, "checks": []}}))
+    return root
+
+
+def test_the_set_waits_for_the_other_tasks_gate(tmp_path, env):  # noqa: F811
+    """after_registration (tone's registration output): its gate is a check of topic's register, which registers
+    the shared set only when both passed."""
+    paths = with_adapter_set(tmp_path, {"tone": 0.0, "topic": 0.0})
+    result = register.main(argv({**paths, "after_registration": after(tmp_path / "tone", True)}, tmp_path / "out",
+                                "waits", adapter_name="topic"))
+    checks = {c["name"]: c for c in result["gate"]["checks"]}
+    assert checks["after.multi-tone"]["passed"] and "multi-tone version 4's gate passed" in \
+        checks["after.multi-tone"]["detail"]
+    assert result["adapters_onnx"]["name"] == "waits-adapters-onnx"
+
+    paths = with_adapter_set(tmp_path / "failed", {"tone": 0.0, "topic": 0.0})
+    with pytest.raises(GateFailed) as err:
+        register.main(argv({**paths, "after_registration": after(tmp_path / "tone-failed", False)},
+                           tmp_path / "out2", "blocked", adapter_name="topic"))
+    assert err.value.exit_code == 3 and "multi-tone version 4's gate failed" in err.value.problems[0]
+    assert not (tmp_path / "out2").exists()
+    client = registry.client(env)
+    for name in ("blocked", "blocked-adapter", "blocked-adapters-onnx"):
+        assert not client.search_model_versions(f"name='{name}'")
+
+
+def test_after_registration_must_be_a_registration_output(tmp_path, env):  # noqa: F811
+    paths = with_adapter_set(tmp_path, {"tone": 0.0, "topic": 0.0})
+    with pytest.raises(UserError, match="nothing was registered") as err:
+        register.main(argv({**paths, "after_registration": paths["base_model"]}, tmp_path / "out", "bad-after"))
+    assert err.value.exit_code == 2 and "--after_registration" in str(err.value)

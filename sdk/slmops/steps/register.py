@@ -114,6 +114,9 @@ CONTRACT = Component(
               "max_optimized_drop for every adapter of optimize_report.", optional=True),
         Input("adapters_model_name", "string", "Registered name of adapters_onnx_model (default "
               "<model_name>-adapters-onnx).", optional=True),
+        Input("after_registration", "uri_folder", "Another register step's registration output: its gate becomes "
+              "a check of this one (and on Azure ML the binding makes this step wait for it), e.g. the shared "
+              "adapter set registered only once every task's gate passed.", optional=True),
     ],
     outputs=[Output("registration", "registration.json (names, versions, gate checks, lineage)")],
 )
@@ -262,11 +265,27 @@ def validate(args: argparse.Namespace, tracking_uri: str | None) -> dict:
         elif optimize is not None and optimize.get("split", TEST_SPLIT) != TEST_SPLIT:
             problems.append(f"--max_optimized_drop: optimize_report.json was scored on the {optimize['split']!r} "
                             "split; the gate reads test-split figures only: re-run optimize on prep's test split")
+    after = _read_json(args.after_registration, "registration.json", "after_registration", problems)
+    if after is not None and not (isinstance(after.get("gate"), dict) and isinstance(after.get("name"), str)):
+        problems.append(f"--after_registration {args.after_registration!r}: registration.json has no gate or name; "
+                        "pass a register step's registration output")
+        after = None
     if problems:
         raise UserError(f"register: {len(problems)} problem(s) with the inputs; nothing was registered",
                         problems=problems)
     return {"metrics": metrics, "data_report": data_report, "optimize": optimize, "weights": hashes,
-            "optimize_report": full_report, "adapters": in_set}
+            "optimize_report": full_report, "adapters": in_set, "after": after}
+
+
+def after_checks(after: dict | None) -> list[dict]:
+    """--after_registration's gate as one check of this step's: `after.<name>` passes when that registration's own
+    gate passed (1 = passed), so this step registers nothing when it did not."""
+    if after is None:
+        return []
+    passed = bool(after["gate"].get("passed"))
+    what = f"{after['name']} version {after.get('version')}'s gate {'passed' if passed else 'failed'}"
+    return [registration.check(f"after.{after['name']}", what, 1.0 if passed else 0.0, ">=", 1.0,
+                               "after_registration: registration.json")]
 
 
 def gate_checks(args: argparse.Namespace, metrics: dict, optimize: dict | None) -> list[dict]:
@@ -346,7 +365,7 @@ def main(argv=None) -> dict:
     run_env = registration.run_lineage(dict(os.environ))  # the pipeline run's commit, components, input runs
     reports = validate(args, tracking_uri)
     checks = gate_checks(args, reports["metrics"], reports["optimize"]) + adapter_checks(
-        reports["optimize_report"], reports["adapters"], args.max_optimized_drop)
+        reports["optimize_report"], reports["adapters"], args.max_optimized_drop) + after_checks(reports["after"])
     failed = [c for c in checks if not c["passed"]]
     bars = progress.Progress()
     # stages: the gate, each version registered, the aliases
