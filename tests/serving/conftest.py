@@ -29,6 +29,22 @@ def onnx_model(tiny_model, tmp_path_factory):
     return build_onnx(Path(tiny_model), tmp_path_factory.mktemp("onnx") / "tiny-onnx")
 
 
+@pytest.fixture(scope="session")
+def switchable_onnx(tiny_model, finetuned, topic_finetuned, tmp_path_factory) -> Path:
+    """One fp32 ORT GenAI base + adapters/tone.onnx_adapter and adapters/topic.onnx_adapter (`optimize.build_switchable`
+    on the tone and topic fixture adapters, the tokenizer files copied in), built once per session (two builder runs,
+    ~20 s); read it, do not change it. Its work folder holds fp32-tone/ and fp32-topic/: single-model builds with that
+    adapter merged in."""
+    from slmops.steps import optimize
+
+    root = tmp_path_factory.mktemp("switchable")
+    folder = root / "onnx"
+    optimize.build_switchable(Path(tiny_model), [("tone", finetuned["adapter"]), ("topic", topic_finetuned["adapter"])],
+                              folder, "fp32", "cpu", root / "work")
+    optimize.copy_tokenizer_files(Path(tiny_model), folder)
+    return folder
+
+
 class Served:
     """A running `slmops serve` process: its base URL, key, log and process."""
 

@@ -6,7 +6,6 @@ there)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -14,21 +13,17 @@ from click.testing import CliRunner
 from slmops import generation, registry, weights
 from slmops.cli import main
 from slmops.serving.backends import LocalEndpoint
-from slmops.steps import optimize
 
 NAME = "tiny-adapters-onnx"
 NAMES = ["tone", "topic"]
 
 
 @pytest.fixture(scope="module")
-def reg(tmp_path_factory, tiny_model, finetuned, topic_finetuned):
-    """A sqlite registry holding version 1 of NAME: the fp32 ORT GenAI base + the tone and topic adapter files,
-    tagged as register tags it (gate, adapters, weights.sha256)."""
+def reg(tmp_path_factory, switchable_onnx):
+    """A sqlite registry holding version 1 of NAME: the fp32 ORT GenAI base + the tone and topic adapter files
+    (tests/serving/conftest.py), tagged as register tags it (gate, adapters, weights.sha256)."""
     root = tmp_path_factory.mktemp("adapters-reg")
-    folder = root / "onnx"
-    optimize.build_switchable(Path(tiny_model), [("tone", finetuned["adapter"]), ("topic", topic_finetuned["adapter"])],
-                              folder, "fp32", "cpu", root / "work")
-    optimize.copy_tokenizer_files(Path(tiny_model), folder)
+    folder = switchable_onnx   # registered by path; serving it downloads a copy, so nothing here writes to it
     hashes = weights.verify_weights(folder)
     assert {"adapters/tone.onnx_adapter", "adapters/topic.onnx_adapter"} <= set(hashes)   # hashed since .onnx_adapter
     uri = f"sqlite:///{root / 'mlflow.db'}"
