@@ -99,10 +99,16 @@ def atomic_dir(final: str | os.PathLike):
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
-    """Write JSON atomically (a temp file unique to this writer + rename), pretty-printed and key-sorted for stable
-    diffs. Two processes writing the same file each rename a whole file into place; the last one wins."""
+    """Write JSON atomically (write_text), pretty-printed and key-sorted for stable diffs."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a UTF-8 text file atomically: a temp file unique to this writer, then a rename, so a reader never sees
+    half a file and a failure (a full disk: a UserError saying so) leaves none. Two processes writing the same file
+    each rename a whole file into place; the last one wins."""
     path = Path(path)
-    data = (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+    data = text.encode("utf-8")
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,10 +118,12 @@ def write_json(path: str | os.PathLike, obj) -> None:
             f.write(data)
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would make registration/report files unreadable to others
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-        if (error := _storage_error(exc, f"{path.name} ({len(data):,} bytes)", path, len(data))) is None:
+        if not isinstance(exc, OSError) or (
+                error := _storage_error(exc, f"{path.name} ({len(data):,} bytes)", path, len(data))) is None:
             raise
         raise error from None
+    return path

@@ -29,13 +29,14 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
 import sqlite3
 import tempfile
 import time
 from pathlib import Path
 
 import click
+
+from slmops.io import write_text
 
 REPORT_NAME = "report.html"
 OVERFIT_TOLERANCE = 0.01   # as slmops.steps.evaluate: validation loss ending > 1 % above its lowest counts as risen
@@ -645,16 +646,7 @@ def _reads(run_dir: Path, node: str, folder: Path) -> bool:
 def write(run_dir: Path, out: Path | None = None) -> Path:
     """Build the report of `run_dir` and write it (atomically) to `out`, default `<run_dir>/report.html`."""
     out = Path(out) if out is not None else Path(run_dir) / REPORT_NAME
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(build(run_dir))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(out, build(run_dir))
     return out
 
 

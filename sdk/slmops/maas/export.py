@@ -35,14 +35,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 import string
-import tempfile
 from pathlib import Path
 
 from slmops import data
 from slmops.errors import UserError
+from slmops.io import write_text
 
 TABLE = Path(__file__).with_name("base_models.json")
 ROLES = ("system", "user", "assistant")
@@ -489,17 +488,7 @@ def jsonl_text(conversations: list[Conversation]) -> str:
 
 def write_jsonl(conversations: list[Conversation], path: Path) -> Path:
     """Write the chat JSONL atomically (temp file + rename): a failed export leaves no half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(jsonl_text(conversations))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, jsonl_text(conversations))
     return path
 
 
