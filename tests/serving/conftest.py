@@ -33,7 +33,7 @@ def onnx_model(tiny_model, tmp_path_factory):
 def switchable_onnx(tiny_model, finetuned, topic_finetuned, tmp_path_factory) -> Path:
     """One fp32 ORT GenAI base + adapters/tone.onnx_adapter and adapters/topic.onnx_adapter (`optimize.build_switchable`
     on the tone and topic fixture adapters, the tokenizer files copied in), built once per session (two builder runs,
-    ~20 s); read it, do not change it. Its work folder holds fp32-tone/ and fp32-topic/: single-model builds with that
+    ~20 s); read it, do not change it. Beside it, work/fp32-tone and work/fp32-topic are single-model builds with that
     adapter merged in."""
     from slmops.steps import optimize
 
