@@ -165,16 +165,10 @@ def test_azure_submits_through_slmops_submit(project, monkeypatch):
 
 @pytest.mark.slow
 def test_one_command_runs_the_pipeline_on_the_tiny_model(project, monkeypatch):
-    """`slmops finetune --model M --data D` end to end on the tiny model: every step done, the model registered.
-    CPU-size: 100 rows (10 test rows), 4 steps, a short system prompt (the template's is over half of each row's
-    tokens on the tiny tokenizer); what is left of its ~1.5 min on 2 cores is the five step processes starting."""
-    from slmops.tiny import tone_dataset, write_jsonl
-
+    """`slmops finetune --model M --data D` end to end on the tiny model: every step done, the model registered."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    write_jsonl(tone_dataset(100), project / "rows100.jsonl")
-    result = slmops("finetune", "--model", "model", "--data", "rows100.jsonl", "--run-dir", "runs/one",
-                    "--set", "max_steps=4", "--set", "eval_steps=2", "--set", "save_steps=2",
-                    "--set", "system_prompt=What is the tone of this phrase?",
+    result = slmops("finetune", "--model", "model", "--data", "rows.jsonl", "--run-dir", "runs/one",
+                    "--set", "max_steps=20", "--set", "eval_steps=10", "--set", "save_steps=10",
                     "--set", "learning_rate=0.002", "--set", "lr_scheduler=constant", "--set", "model_name=verb-tiny",
                     "--set", "min_accuracy=0", "--set", "min_gain=-1", "--set", "min_gain_over_prompt=-1",
                     "--set", "max_optimized_drop=1")
@@ -183,6 +177,6 @@ def test_one_command_runs_the_pipeline_on_the_tiny_model(project, monkeypatch):
     assert run["status"] == "FINISHED" and set(run["steps"].values()) == {"done"}
     summary = json.loads((project / "runs" / "one" / "finetune" / "outputs" / "metrics" / "train_summary.json")
                          .read_text())
-    assert summary["global_step"] == 4 and summary["base_model"] == str((project / "model").resolve())
+    assert summary["global_step"] == 20 and summary["base_model"] == str((project / "model").resolve())
     registration = project / "runs" / "one" / "register" / "outputs" / "registration" / "registration.json"
     assert json.loads(registration.read_text())["name"] == "verb-tiny"
