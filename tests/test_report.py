@@ -223,6 +223,38 @@ def test_a_generation_task_and_unreadable_files_give_notes_not_errors(tmp_path):
     assert page.count('<table class="cm">') == 2
 
 
+SWEEP = {"best_index": 0, "best_metric": 0.84, "best_params": {"learning_rate": 0.00127, "lora_r": 8},
+         "best_run_id": "run-best", "objective": {"primary_metric": "eval_loss", "goal": "minimize"},
+         "trials": [
+             {"index": 0, "metric": 0.84, "params": {"learning_rate": 0.00127, "lora_r": 8}, "run_id": "run-best",
+              "seconds": 17.9, "status": "completed"},
+             {"index": 1, "metric": 6.90, "params": {"learning_rate": 1.15e-05, "lora_r": 16}, "run_id": "r1",
+              "seconds": 13.6, "status": "early_terminated"},
+             {"index": 2, "metric": 5.44, "params": {"learning_rate": 0.000206, "lora_r": "<b>16</b>"},
+              "run_id": "r2", "seconds": 13.2, "status": "early_terminated"}]}
+
+
+def test_a_sweep_node_gets_parallel_coordinates_and_its_trials_table(tmp_path):
+    """A run with a sweep node (`<run>/finetune/sweep.json`, as the runner writes it): one line per trial across
+    the hyper-parameter axes and the objective's, the best bold red, early-stopped trials dashed; the table of
+    hyper-parameters against the objective; a sweep-less run has no such section."""
+    run_dir = fake_run(tmp_path)
+    assert not any(title.startswith("Hyper-parameter sweep") for title in sections(report.build(run_dir)))
+    write(run_dir / "finetune" / "sweep.json", SWEEP)
+    page = report.build(run_dir)
+    assert "Hyper-parameter sweep: finetune" in sections(page)
+    sweep = page.split("<h2>Hyper-parameter sweep: finetune</h2>")[1].split("<h2>")[0]
+    assert "3 trial(s), objective: minimize eval_loss; best trial 0 (eval_loss 0.84)" in sweep
+    lines = re.findall(r"<polyline [^>]*>", sweep)
+    assert len(lines) == 3 and sum('stroke-dasharray' in line for line in lines) == 2
+    assert 'stroke="#dc2626" stroke-width="3"' in lines[-1]                  # the best, drawn last
+    assert all(len(re.search(r'points="([^"]*)"', line).group(1).split()) == 3 for line in lines)  # 3 axes each
+    assert re.findall(r"<tr><td>([^<]+)</td>", sweep) == ["0 (best)", "1", "2"]
+    assert "early_terminated" in sweep and "&lt;b&gt;16&lt;/b&gt;" in sweep and "<b>16" not in sweep
+    write(run_dir / "finetune" / "sweep.json", {"trials": "not a list"})
+    assert "Sweep: not shown" in report.build(run_dir)
+
+
 def test_every_string_from_a_file_is_escaped(tmp_path):
     evil = "<script>alert('x')</script>&\""
     labels = ["<b>angry</b>", "joy&ful", evil]

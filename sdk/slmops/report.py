@@ -316,6 +316,86 @@ def confusion_table(labels: list, matrix: list, caption: str) -> str:
 
 # -------------------------------------------------------------------------------------------------------- sections
 
+def parallel_coordinates(trials: list, names: list[str], metric: str, best: int | None, width: int = 760,
+                         height: int = 300) -> str:
+    """A sweep's trials as inline SVG parallel coordinates: one vertical axis per hyper-parameter and one for the
+    objective, one line per trial through its values (numbers on a linear axis, or a log one when they are positive
+    and span more than 20x; other values evenly spaced); the best trial bold, trials stopped early dashed grey."""
+    axes = [*names, metric]
+    left, right, top, bottom = 40, 110, 34, 36
+    step = (width - left - right) / max(len(axes) - 1, 1)
+
+    def values(axis):
+        return [t["metric"] if axis == metric else t["params"].get(axis) for t in trials]
+
+    def scale(axis):
+        vals = [v for v in values(axis) if v is not None]
+        nums = [v for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if vals and len(nums) == len(vals):
+            lo, hi = min(nums), max(nums)
+            log = lo > 0 and hi / lo > 20
+            f = (lambda v: math.log10(v)) if log else (lambda v: v)
+            span = (f(hi) - f(lo)) or 1
+            return (lambda v: (f(v) - f(lo)) / span if hi != lo else 0.5), [lo, hi]
+        levels = sorted({str(v) for v in vals})
+        return (lambda v: (levels.index(str(v)) + 0.5) / len(levels)), levels
+
+    scales = {axis: scale(axis) for axis in axes}
+    plot_h = height - top - bottom
+    parts = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img" aria-label="sweep trials, parallel coordinates">']
+    for i, axis in enumerate(axes):
+        x = left + step * i
+        _, ends = scales[axis]
+        shown = ends if len(ends) <= 6 else [ends[0], ends[-1]]
+        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{top + plot_h}" stroke="#9ca3af"/>'
+                     f'<text x="{x:.1f}" y="{top - 12}" text-anchor="middle" class="axis">{esc(axis)}</text>')
+        last = i == len(axes) - 1      # its values to the left: the trial labels sit to its right
+        for value in shown:
+            y = top + plot_h * (1 - scales[axis][0](value))
+            parts.append(f'<text x="{x - 4 if last else x + 4:.1f}" y="{y + 4:.1f}" class="tick" '
+                         f'text-anchor="{"end" if last else "start"}">'
+                         f'{esc(fmt(value, ".3g") if isinstance(value, float) else value)}</text>')
+    for t in sorted(trials, key=lambda t: t["index"] == best):       # the best drawn last, on top
+        points = []
+        for i, axis in enumerate(axes):
+            value = t["metric"] if axis == metric else t["params"].get(axis)
+            if value is not None:
+                points.append(f"{left + step * i:.1f},{top + plot_h * (1 - scales[axis][0](value)):.1f}")
+        stopped = t.get("status") != "completed"
+        style = ('stroke="#dc2626" stroke-width="3"' if t["index"] == best else
+                 'stroke="#9ca3af" stroke-width="1.5" stroke-dasharray="5 4"' if stopped else
+                 'stroke="#2563eb" stroke-width="1.5"')
+        parts.append(f'<polyline points="{" ".join(points)}" fill="none" {style}><title>trial {t["index"]}: '
+                     f'{esc(t.get("status"))}, {esc(metric)} {esc(fmt(t["metric"], ".4g"))}</title></polyline>')
+        if points:
+            x, y = points[-1].split(",")
+            parts.append(f'<text x="{float(x) + 8:.1f}" y="{float(y) + 4:.1f}" class="tick">trial {t["index"]}'
+                         f'{" (best)" if t["index"] == best else ""}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def section_sweep(node: str, record: dict) -> str:
+    """A sweep node's trials (`<run>/<node>/sweep.json`): parallel coordinates and the table of hyper-parameters
+    against the objective, the best trial marked."""
+    trials = record["trials"]
+    objective = record.get("objective") or {}
+    metric = objective.get("primary_metric") or "objective"
+    names = sorted({name for t in trials for name in t["params"]})
+    best = record.get("best_index")
+    rows = [[f"{t['index']}{' (best)' if t['index'] == best else ''}",
+             *(esc(fmt(t["params"].get(n), ".4g") if isinstance(t["params"].get(n), float) else t["params"].get(n))
+               for n in names), esc(fmt(t["metric"], ".4g")), esc(t.get("status")), esc(duration(t.get("seconds")))]
+            for t in trials]
+    goal = f"{objective.get('goal', '')} {metric}".strip() if objective else "the sweep's objective"
+    return (f"<p>{esc(node)}: {len(trials)} trial(s), objective: {esc(goal)}; best trial {esc(best)} "
+            f"({esc(metric)} {esc(fmt(record.get('best_metric'), '.4g'))}), its MLflow run "
+            f"<code>{esc(record.get('best_run_id'))}</code>. Trials stopped early (the early-termination policy or a "
+            f"limit) are dashed.</p>" + parallel_coordinates(trials, names, metric, best)
+            + table(["trial", *map(esc, names), esc(metric), "status", "time"], rows))
+
+
 def section_header(run_dir: Path, run: dict) -> str:
     rows = [("run folder", esc(run_dir)), ("pipeline", esc(run.get("pipeline", "n/a"))),
             ("status", esc(run.get("status", "n/a (no run.json)")))]
@@ -622,6 +702,9 @@ def build(run_dir: Path) -> str:
     each("Loss curves", "history", lambda node, path: section_losses(
         node, load(path, list), consumer("eval", path.parent, "history") or None))   # evaluate's over-fitting check
     each("Confusion matrices", "eval", lambda node, path: section_confusion(node, load(path)))
+    for path in sorted(run_dir.glob("*/sweep.json")):       # only a run with a sweep node has one
+        sections.append(_section(f"Hyper-parameter sweep: {path.parent.name}", _guard(
+            "Sweep", path, lambda path=path: section_sweep(path.parent.name, load(path)))))
     each("ONNX drift", "optimize", lambda node, path: section_onnx(
         node, load(path), consumer("registration", path.parent, "optimize")))
     sections.append(_section("Resource use per step", _guard("Resource use", run_dir,

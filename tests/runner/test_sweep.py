@@ -447,6 +447,8 @@ def test_finetune_sweep_template_runs_end_to_end_on_the_tiny_model(tiny_model, t
         (0, "completed"), (1, "early_terminated"), (2, "early_terminated")]
     assert [round(t["params"]["learning_rate"], 7) for t in record["trials"]] == [0.0012710, 0.0000115, 0.0002061]
     assert record["best_index"] == 0 and record["best_params"] == record["trials"][0]["params"]
+    assert record["objective"]["primary_metric"] == "eval_loss"
+    assert "<h2>Hyper-parameter sweep: finetune</h2>" in (run_dir / "report.html").read_text()   # the run's report
     losses = [t["metric"] for t in record["trials"]]
     assert losses[0] < 2.0 < 5.0 < losses[2] < losses[1]  # fast learner << stopped ones (golden: 0.84, 6.9, 5.4)
     # the node's outputs are the best trial's: its summary's final eval loss is the objective the sweep read

@@ -810,7 +810,8 @@ class SweepHandle:
             os.replace(best / name, attempt / name)
         write_json(self.ex.run_dir / self.node.name / "sweep.json", {
             "best_index": result.best_index, "best_params": result.best_params, "best_metric": result.best_metric,
-            "best_run_id": result.best_run_id, "trials": result.trials})
+            "best_run_id": result.best_run_id, "trials": result.trials,
+            "objective": dict((self.node.sweep or {}).get("objective") or {})})
         self.ex.tracker.set_tags(self.run_id, {"slmops.best_trial": result.best_index,
                                                "slmops.best_metric": result.best_metric,
                                                "slmops.best_run_id": result.best_run_id})
