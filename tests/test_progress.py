@@ -216,10 +216,8 @@ def test_trainer_callback_lines_per_logged_step_and_evaluation():
            evals={2: 7.0, 4: 6.9}, clock=clock)
     assert out.getvalue().splitlines() == [
         "train step 1/4 (25%) loss 6.946 eta 6s",
-        "train step 2/4 (50%) loss 6.5 eta 4s",
-        "train step 2/4 (50%) loss 6.5 eval_loss 7 eta 4s",
-        "train step 4/4 (100%) loss 6.25 eval_loss 7 took 8s",
-        "train step 4/4 (100%) loss 6.25 eval_loss 6.9 took 8s",
+        "train step 2/4 (50%) loss 6.5 eval_loss 7 eta 4s",        # a step that logs and evaluates: one line
+        "train step 4/4 (100%) loss 6.25 eval_loss 6.9 took 8s",   # with this step's eval_loss, not the last one
     ]
     # a resumed run counts from its checkpoint's step (ETA from this attempt's rate); other ranks show nothing
     bars, out, clock = lines_progress(interval=1000)

@@ -279,7 +279,10 @@ def trainer_callback(bars: Progress, description: str = "train step"):
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if self.track is not None and logs and "loss" in logs:
-                self.track.update(state.global_step, status="", force=True, loss=float(logs["loss"]))
+                # a step that also evaluates prints one line, from on_evaluate, with both losses (not one line
+                # with the previous evaluation's eval_loss and another with this one's)
+                self.track.update(state.global_step, status="", force=True, emit=not control.should_evaluate,
+                                  loss=float(logs["loss"]))
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             if self.track is not None and metrics and "eval_loss" in metrics:
