@@ -42,20 +42,18 @@ def task_rows(prepared_data, topic_prepared_data):
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory, tiny_model, adapter_dirs):
+def folders(tmp_path_factory, tiny_model, adapter_dirs, switchable_onnx):
     """{"pytorch": base + PEFT adapters, "onnx": ORT GenAI base + .onnx_adapter files, "onnx-tone"/"onnx-topic":
-    single-model ORT GenAI folders with that adapter built in (what one endpoint per task would serve)}."""
+    single-model ORT GenAI folders with that adapter built in (what one endpoint per task would serve)}. The ONNX
+    folders are the session's `switchable_onnx` build and the single-model builds beside it (copied, with the
+    tokenizer files), so the builder runs once per session."""
+    import shutil
+
     tmp = tmp_path_factory.mktemp("multi-serve")
-    out = {"pytorch": multi.assemble(tiny_model, adapter_dirs, tmp / "pytorch")}
-    work = tmp / "work"
-    out["onnx"] = tmp / "onnx"
-    optimize.build_switchable(Path(tiny_model), list(adapter_dirs.items()), out["onnx"], "fp32", "cpu", work)
-    for name, folder in adapter_dirs.items():
-        out[f"onnx-{name}"] = tmp / f"onnx-{name}"
-        optimize.build(Path(tiny_model), out[f"onnx-{name}"], "fp32", "cpu", work / "cache",
-                       {"adapter_path": str(folder.resolve())})
-    for folder in (out["onnx"], out["onnx-tone"], out["onnx-topic"]):
-        optimize.copy_tokenizer_files(Path(tiny_model), folder)
+    out = {"pytorch": multi.assemble(tiny_model, adapter_dirs, tmp / "pytorch"), "onnx": switchable_onnx}
+    for name in adapter_dirs:
+        out[f"onnx-{name}"] = shutil.copytree(switchable_onnx.parent / "work" / f"fp32-{name}", tmp / f"onnx-{name}")
+        optimize.copy_tokenizer_files(Path(tiny_model), out[f"onnx-{name}"])
     return out
 
 
