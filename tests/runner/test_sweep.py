@@ -450,7 +450,9 @@ def test_finetune_sweep_template_runs_end_to_end_on_the_tiny_model(tiny_model, t
     assert record["objective"]["primary_metric"] == "eval_loss"
     assert "<h2>Hyper-parameter sweep: finetune</h2>" in (run_dir / "report.html").read_text()   # the run's report
     losses = [t["metric"] for t in record["trials"]]
-    assert losses[0] < 2.0 < 5.0 < losses[2] < losses[1]  # fast learner << stopped ones (golden: 0.84, 6.9, 5.4)
+    # fast learner << stopped ones (seen: 0.84, 6.9, 4.65-5.4). A stopped trial's figure is its last evaluation
+    # before the policy stopped it, which depends on how far it got meanwhile: order and bounds, not a golden value.
+    assert losses[0] < 2.0 < losses[2] < losses[1]
     # the node's outputs are the best trial's: its summary's final eval loss is the objective the sweep read
     summary = json.loads((run_dir / "finetune" / "outputs" / "metrics" / "train_summary.json").read_text())
     assert summary["final_eval_loss"] == pytest.approx(record["best_metric"]) and summary["global_step"] == 20
