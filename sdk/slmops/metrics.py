@@ -21,6 +21,11 @@ import math
 import random
 
 OTHER = "(other)"  # the confusion-matrix label of a prediction that matches none of the reference labels
+# the metric a task's verdict (fine-tune or prompt?) is decided on, in evaluate and in the run report
+VERDICT_METRIC = {"classification": "accuracy", "generation": "rouge_l"}
+# validation loss ending more than this share above its lowest counts as risen (evaluate's over-fitting check, the
+# report's over-fitting point)
+OVERFIT_TOLERANCE = 0.01
 
 
 def _check_lengths(predictions: list[str], references: list[str]) -> None:

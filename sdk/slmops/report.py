@@ -37,9 +37,9 @@ from pathlib import Path
 import click
 
 from slmops.io import write_text
+from slmops.metrics import OVERFIT_TOLERANCE, VERDICT_METRIC
 
 REPORT_NAME = "report.html"
-OVERFIT_TOLERANCE = 0.01   # as slmops.steps.evaluate: validation loss ending > 1 % above its lowest counts as risen
 # role -> (the pipelines' node name, output name, file name)
 SOURCES = {
     "data": ("prep", "output_data", "data_report.json"),
@@ -54,7 +54,6 @@ RESOURCE_FILES = ("train_summary.json", "metrics.json")
 QUALITY = {"classification": [("accuracy", "accuracy"), ("macro_f1", "macro-F1")],
            "generation": [("perplexity", "perplexity"), ("bleu", "BLEU"), ("rouge_l", "ROUGE-L")]}
 VARIANT_ORDER = ("base_zero_shot", "base_k_shot", "finetuned", "onnx")   # metrics.json's keys are sorted
-VERDICT_METRIC = {"classification": "accuracy", "generation": "rouge_l"}
 COLORS = {"train": "#2563eb", "validation": "#ea580c", "marker": "#dc2626"}
 
 

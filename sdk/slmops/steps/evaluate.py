@@ -43,14 +43,13 @@ from slmops.contract import Component, Input, Output
 from slmops.data import read_prepared_rows
 from slmops.errors import UserError, run_main
 from slmops.io import atomic_dir, write_json
+from slmops.metrics import OVERFIT_TOLERANCE, VERDICT_METRIC
 
 TASKS = ["classification", "generation"]
 SPLIT = "test"  # the only split evaluate scores
-OVERFIT_TOLERANCE = 0.01  # validation loss must end > 1 % above its best to count as rising
 EXAMPLES_IN_REPORT = 5
-# Quality metrics per task (`delta` covers these), and the one the verdict compares (higher is better).
+# Quality metrics per task (`delta` covers these); the verdict compares slmops.metrics.VERDICT_METRIC (higher is better).
 QUALITY = {"classification": ["accuracy", "macro_f1"], "generation": ["perplexity", "bleu", "rouge_l"]}
-VERDICT_METRIC = {"classification": "accuracy", "generation": "rouge_l"}
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "perplexity": "perplexity", "bleu": "BLEU",
                 "rouge_l": "ROUGE-L"}
 PROMPT_BASELINES = ("base_zero_shot", "base_k_shot")
