@@ -48,7 +48,7 @@ from slmops.metrics import OVERFIT_TOLERANCE, VERDICT_METRIC
 TASKS = ["classification", "generation"]
 SPLIT = "test"  # the only split evaluate scores
 EXAMPLES_IN_REPORT = 5
-# Quality metrics per task (`delta` covers these); the verdict compares slmops.metrics.VERDICT_METRIC (higher is better).
+# Quality metrics per task (`delta` covers these); the verdict compares slmops.metrics.VERDICT_METRIC.
 QUALITY = {"classification": ["accuracy", "macro_f1"], "generation": ["perplexity", "bleu", "rouge_l"]}
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "perplexity": "perplexity", "bleu": "BLEU",
                 "rouge_l": "ROUGE-L"}
