@@ -1,5 +1,6 @@
-"""Serving throughput: batched serving (SLMOPS_MAX_BATCH > 1) vs one request at a time (SLMOPS_MAX_BATCH=1, the
-server before batching), at concurrency 1 and 32, on the same model and machine.
+"""Serving throughput: batched serving (SLMOPS_MAX_BATCH > 1, and for ORT GenAI on a CPU the prompt cache) vs one
+request at a time (SLMOPS_MAX_BATCH=1 and SLMOPS_PROMPT_CACHE=0: the server before either), at concurrency 1 and 32,
+on the same model and machine.
 
     python bench/serving_throughput.py                                   # tiny model (PyTorch), smoke size
     python bench/serving_throughput.py --backend onnx --requests 256 --pairs 5
@@ -8,8 +9,9 @@ server before batching), at concurrency 1 and 32, on the same model and machine.
 
 `--mode serve` (default) starts two `slmops serve` processes on loopback, A batched and B unbatched (each one
 gunicorn worker with `--threads`), and sends each the same requests over keep-alive HTTP connections, one client
-thread per concurrent request. `--mode inprocess` loads the model once in this process and calls two batchers (the
-one score.py's run() hands requests to) from the client threads instead.
+thread per concurrent request. `--mode inprocess` loads the model twice in this process (A with its prompt cache,
+B without) and calls two batchers (the one score.py's run() hands requests to) from the client threads instead.
+`--baseline-cache` keeps B's prompt cache: batching alone, against one request at a time with the cache.
 
 For each concurrency level the sides alternate (A B, B A, A B, ...) for `--pairs` pairs; each run sends `--requests`
 requests (greedy, `--max-new-tokens` each, prompts of uneven lengths) after a short warm-up. Reported per side:
@@ -112,12 +114,12 @@ def http_sender(port: int):
     return send
 
 
-def start_server(model: Path, max_batch: int, wait_ms: float, threads: int, log: Path):
+def start_server(model: Path, max_batch: int, wait_ms: float, threads: int, log: Path, prompt_cache: bool):
     from slmops.serving import serve as srv
 
     port = srv.free_port()
     env = dict(os.environ, SLMOPS_ENDPOINT_KEY=KEY, SLMOPS_MAX_BATCH=str(max_batch),
-               SLMOPS_BATCH_WAIT_MS=str(wait_ms))
+               SLMOPS_BATCH_WAIT_MS=str(wait_ms), SLMOPS_PROMPT_CACHE=str(int(prompt_cache)))
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "slmops", "serve", str(model), "--port", str(port),
                                  "--threads", str(threads)], env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -126,13 +128,13 @@ def start_server(model: Path, max_batch: int, wait_ms: float, threads: int, log:
     return proc, http_sender(port)
 
 
-def inprocess_senders(model: Path, max_batch: int, wait_ms: float):
+def inprocess_senders(model: Path, max_batch: int, wait_ms: float, baseline_cache: bool):
     from slmops.serving import batcher, score
 
-    loaded = score.load_model(score.find_model_dir(model))
     sides = {}
-    for name, size in (("batched", max_batch), ("one-at-a-time", 1)):
-        b = batcher.Batcher(loaded, max_batch=size, wait_s=wait_ms / 1000)
+    for name, size, cache in (("batched", max_batch, True), ("one-at-a-time", 1, baseline_cache)):
+        b = batcher.Batcher(score.load_model(score.find_model_dir(model), cache), max_batch=size,
+                            wait_s=wait_ms / 1000)
 
         def send(body: bytes, state: dict, b=b):
             r = json.loads(body)
@@ -155,6 +157,7 @@ def tiny(backend: str, work: Path) -> Path:
 
 def table(results: dict, args, model: Path) -> str:
     lines = [f"model `{model.name}`, mode {args.mode}, {os.cpu_count()} cores, SLMOPS_MAX_BATCH {args.max_batch} vs 1, "
+             f"SLMOPS_PROMPT_CACHE 1 vs {int(args.baseline_cache)}, "
              f"SLMOPS_BATCH_WAIT_MS {args.wait_ms}, threads {args.threads}, {args.requests} {args.workload} requests x "
              f"up to {args.max_new_tokens} new tokens per run, {args.pairs} A/B pairs (medians)", "",
              "| concurrency | server | requests/s | p50 ms | p99 ms | errors | load avg (1 min) | speedup | "
@@ -191,6 +194,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="`slmops serve --threads` for both sides (default: 2 x --max-batch)")
     parser.add_argument("--warmup", type=int, default=4, help="requests sent to each side before measuring")
+    parser.add_argument("--baseline-cache", action="store_true",
+                        help="the one-at-a-time side keeps its prompt cache (ORT GenAI on a CPU): batching alone")
     parser.add_argument("--json", type=Path, default=None, help="write the raw runs here")
     args = parser.parse_args()
     args.threads = args.threads or 2 * args.max_batch
@@ -203,11 +208,13 @@ def main() -> None:
         try:
             if args.mode == "serve":
                 sides = {}
-                for name, size in (("batched", args.max_batch), ("one-at-a-time", 1)):
-                    proc, sides[name] = start_server(model, size, args.wait_ms, args.threads, work / f"{name}.log")
+                for name, size, cache in (("batched", args.max_batch, True),
+                                          ("one-at-a-time", 1, args.baseline_cache)):
+                    proc, sides[name] = start_server(model, size, args.wait_ms, args.threads, work / f"{name}.log",
+                                                     cache)
                     procs.append(proc)
             else:
-                sides = inprocess_senders(model, args.max_batch, args.wait_ms)
+                sides = inprocess_senders(model, args.max_batch, args.wait_ms, args.baseline_cache)
             warm = bodies(args.warmup, args.max_new_tokens, args.workload)
             for send in sides.values():
                 load(send, warm, min(4, len(warm)))

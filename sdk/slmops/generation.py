@@ -9,7 +9,10 @@ The steps, the same for both backends and for one prompt or many:
    the token they would add (a Llama-3-style chat template wrote `<|begin_of_text|>`; prep tokenized such
    prompts without special tokens), so the model never sees two BOS. Decided per prompt.
 3. **generation**: greedy (`temperature` 0, the default) or sampled; batches of `batch_size` prompts (left
-   padded for PyTorch, right padded by ORT GenAI), each prompt with its own `max_new_tokens`.
+   padded for PyTorch, right padded by ORT GenAI), each prompt with its own `max_new_tokens`. A prefix every
+   prompt of a call shares is run once: PyTorch gives its cache to each batch; ORT GenAI on a CPU runs greedy
+   prompts one at a time through an `OrtPromptCache` when that beats batching (`_use_cache`), which the serving
+   script also keeps across requests.
 4. **stop**: at the first end-of-sequence id - the model's generation config plus the tokenizer's eos for
    PyTorch, the tokenizer's `eos_token_ids` (genai_config) for ORT GenAI. The end token is not part of the
    completion. `finish_reason` is "stop" when the completion is shorter than its `max_new_tokens` (an end token
@@ -259,10 +262,88 @@ def ort_eos_ids(tokenizer) -> set[int]:
     return {int(i) for i in tokenizer.eos_token_ids}
 
 
+class OrtPromptCache:
+    """ORT GenAI continuous decoding: one batch-1 generator per adapter that keeps the key/value cache of the last
+    prompt (and answer) it ran. A prompt sharing a prefix with it (a system prompt, k-shot examples, an earlier
+    chat turn) runs only its own ids: `rewind_to(shared)`, then `append_tokens(rest)`. Greedy only: a generator's
+    search options are fixed when it is made. Not thread-safe (the batcher's one thread owns it).
+
+    ORT GenAI cannot give a batch a cached prefix (`append_tokens` runs once for batch > 1, `rewind_to` needs batch
+    1), so the cache runs prompts one at a time: `_ort_run` takes it when the prefix it saves outweighs what
+    batching would save (`_use_cache`)."""
+
+    MIN_LENGTH = 512  # with a context_length: a generator's max_length (its key/value buffer) is at least this,
+                      # and twice the longest prompt + new tokens seen, up to the context (fewer re-made generators)
+
+    def __init__(self, model, adapters=None, context_length: int | None = None):
+        self.model, self.adapters, self.context_length = model, adapters, context_length
+        self.slots: dict = {}  # adapter (None without) -> [generator, its max_length, the ids in its cache]
+
+    def reusable(self, ids: list[int], adapter: str | None) -> int:
+        """How many leading ids of `ids` the adapter's generator holds already (at least one id is left to run)."""
+        slot = self.slots.get(adapter)
+        if slot is None:
+            return 0
+        held, n, stop = slot[2], 0, min(len(slot[2]), len(ids) - 1)
+        while n < stop and held[n] == ids[n]:
+            n += 1
+        return n
+
+    def _slot(self, need: int, adapter: str | None) -> list:
+        import onnxruntime_genai as og
+
+        slot = self.slots.get(adapter)
+        if slot is None or slot[1] < need:
+            length = need if not self.context_length else max(need, min(max(self.MIN_LENGTH, 2 * need),
+                                                                         self.context_length))
+            params = og.GeneratorParams(self.model)
+            params.set_search_options(do_sample=False, batch_size=1, max_length=length, min_length=0)
+            generator = og.Generator(self.model, params)
+            if adapter is not None:
+                generator.set_active_adapter(self.adapters, adapter)
+            slot = self.slots[adapter] = [generator, length, []]
+        return slot
+
+    def generate(self, ids: list[int], limit: int, eos_ids: set[int], adapter: str | None,
+                 need: int = 0) -> list[int]:
+        """Greedy new ids of the prompt `ids` (up to `limit`, cut at an end id), reusing the held prefix. `need`:
+        the prompt + new tokens the generator should have room for (at least this prompt's)."""
+        import numpy as np
+
+        slot = self._slot(max(need, len(ids) + limit), adapter)
+        generator, shared = slot[0], self.reusable(ids, adapter)  # a new generator holds nothing: 0
+        generator.rewind_to(shared)
+        slot[2] = []  # if the calls below raise, nothing is assumed held (the next call rewinds to 0)
+        generator.append_tokens(np.array([ids[shared:]], dtype=np.int32))
+        new = []
+        while len(new) < limit:
+            generator.generate_next_token()
+            token = int(generator.get_next_tokens()[0])
+            if token in eos_ids:
+                break
+            new.append(token)
+        slot[2] = [int(t) for t in generator.get_sequence(0)]
+        return new
+
+
+def _use_cache(cache, encoded: list[list[int]], limits: list[int], adapter: str | None) -> bool:
+    """Whether a call runs its prompts one at a time through `cache` rather than in batches. One prompt: always
+    (it costs what a batch of one costs, and leaves its prefix for the next call). Several: when they share a
+    prefix of at least SHARED_PREFIX_MIN_TOKENS (with each other or with the cache) and ask for no more new tokens
+    than that - on a CPU a prefix token's prefill costs about what batching saves on one decoded token (a decode
+    step at batch 1 costs twice a batched row's; bench/serving_throughput.py, docs/serving.md)."""
+    if len(encoded) == 1:
+        return True
+    shared = max(_shared_prefix(encoded), cache.reusable(encoded[0], adapter))
+    return shared >= SHARED_PREFIX_MIN_TOKENS and max(limits) <= shared
+
+
 def _ort_run(model, tokenizer, prompts: list[str], *, max_new_tokens: int | list[int], batch_size: int,
              min_new_tokens: int = 0, temperature: float = 0.0, adapters=None,
-             adapter: str | None = None, progress=None) -> list[tuple[int, list[int]]]:
-    """(prompt token count, new ids cut at eos) of each prompt: ORT GenAI (`og.Model`, `og.Tokenizer`) over batches.
+             adapter: str | None = None, progress=None, cache: OrtPromptCache | None = None,
+             ) -> list[tuple[int, list[int]]]:
+    """(prompt token count, new ids cut at eos) of each prompt: ORT GenAI (`og.Model`, `og.Tokenizer`) over batches,
+    or, greedy with a `cache` (`_use_cache`), one at a time through it.
 
     A batch is right padded with the pad id (what `og.Tokenizer.encode_batch` does; ORT GenAI masks pad ids),
     and every row's sequence is padded prompt + new tokens, so the new tokens start at the padded width.
@@ -274,9 +355,18 @@ def _ort_run(model, tokenizer, prompts: list[str], *, max_new_tokens: int | list
     if adapter is not None and adapters is None:
         raise ValueError(f"adapter {adapter!r} without adapters: pass the og.Adapters it was loaded into")
     eos_ids = ort_eos_ids(tokenizer)
+    all_encoded = [ort_encode(tokenizer, p) for p in prompts]
     results = []
+    if cache is not None and temperature == 0 and min_new_tokens == 0 \
+            and _use_cache(cache, all_encoded, limits, adapter):
+        need = max(len(ids) + limit for ids, limit in zip(all_encoded, limits))
+        for ids, limit in zip(all_encoded, limits):
+            results.append((len(ids), cache.generate(ids, limit, eos_ids, adapter, need)))
+            if progress is not None:
+                progress(1)
+        return results
     for start in range(0, len(prompts), batch_size):
-        encoded = [ort_encode(tokenizer, p) for p in prompts[start:start + batch_size]]
+        encoded = all_encoded[start:start + batch_size]
         batch_limits = limits[start:start + batch_size]
         width = max(len(ids) for ids in encoded)
         input_ids = np.full((len(encoded), width), tokenizer.pad_token_id, dtype=np.int32)
@@ -314,10 +404,15 @@ def _ort_run(model, tokenizer, prompts: list[str], *, max_new_tokens: int | list
 
 def ort_completions(model, tokenizer, prompts: list[str], *, max_new_tokens: int | list[int], batch_size: int,
                     temperature: float = 0.0, adapters=None, adapter: str | None = None,
-                    progress=None) -> list[Completion]:
-    """The completion of each prompt with ORT GenAI (`max_new_tokens`: one for all, or one per prompt)."""
+                    progress=None, cache: OrtPromptCache | bool = True) -> list[Completion]:
+    """The completion of each prompt with ORT GenAI (`max_new_tokens`: one for all, or one per prompt). `cache`:
+    an OrtPromptCache kept across calls (the serving script's), True for one made for this call when the model
+    runs on the CPU (where reusing a shared prefix beats batching, `_use_cache`), False for none."""
+    if cache is True:
+        cache = OrtPromptCache(model, adapters) if model.device_type == "CPU" else None
     runs = _ort_run(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                    temperature=temperature, adapters=adapters, adapter=adapter, progress=progress)
+                    temperature=temperature, adapters=adapters, adapter=adapter, progress=progress,
+                    cache=cache or None)
     return [Completion(tokenizer.decode(ids).strip() if ids else "", ids, n_prompt, _finish(ids, limit))
             for (n_prompt, ids), limit in zip(runs, _per_prompt(max_new_tokens, len(prompts)))]
 

@@ -165,12 +165,14 @@ def test_close_stops_the_thread():
 def test_batch_settings_from_the_environment():
     from slmops.serving.score import batch_settings
 
-    assert batch_settings({}) == (batcher.DEFAULT_MAX_BATCH, batcher.DEFAULT_WAIT_MS / 1000)
-    assert batch_settings({"SLMOPS_MAX_BATCH": "1", "SLMOPS_BATCH_WAIT_MS": "0"}) == (1, 0.0)
+    assert batch_settings({}) == (batcher.DEFAULT_MAX_BATCH, batcher.DEFAULT_WAIT_MS / 1000, True)
+    assert batch_settings({"SLMOPS_MAX_BATCH": "1", "SLMOPS_BATCH_WAIT_MS": "0", "SLMOPS_PROMPT_CACHE": "0"}) == \
+        (1, 0.0, False)
     with pytest.raises(RuntimeError) as err:
-        batch_settings({"SLMOPS_MAX_BATCH": "0", "SLMOPS_BATCH_WAIT_MS": "soon"})
+        batch_settings({"SLMOPS_MAX_BATCH": "0", "SLMOPS_BATCH_WAIT_MS": "soon", "SLMOPS_PROMPT_CACHE": "yes"})
     assert "SLMOPS_MAX_BATCH='0' must be an integer in 1..256" in str(err.value)
     assert "SLMOPS_BATCH_WAIT_MS='soon'" in str(err.value)
+    assert "SLMOPS_PROMPT_CACHE='yes' must be 1" in str(err.value)
 
 
 GB = 1024 ** 3
@@ -208,7 +210,7 @@ def serve(folder: Path, monkeypatch, **env):
     from slmops.serving import score
 
     monkeypatch.setenv("AZUREML_MODEL_DIR", str(folder))
-    for name in ("SLMOPS_MAX_BATCH", "SLMOPS_BATCH_WAIT_MS"):
+    for name in ("SLMOPS_MAX_BATCH", "SLMOPS_BATCH_WAIT_MS", "SLMOPS_PROMPT_CACHE"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -239,9 +241,14 @@ def folders(tiny_model, onnx_model):
 @pytest.mark.parametrize("kind", ["pytorch", "onnx"])
 def test_concurrent_run_calls_answer_as_sequential_unbatched_ones(kind, folders, monkeypatch):
     requests = mixed_requests()
-    score = serve(folders[kind], monkeypatch, SLMOPS_MAX_BATCH="1")
+    score = serve(folders[kind], monkeypatch, SLMOPS_MAX_BATCH="1", SLMOPS_PROMPT_CACHE="0")  # the server before both
     sequential = [score.run(**r) for r in requests]
     assert score.BATCHER.stats["batches"] == len(requests)
+    if kind == "onnx":
+        assert score.MODEL.cache is False
+        score = serve(folders[kind], monkeypatch, SLMOPS_MAX_BATCH="1")  # one at a time, each after the one before
+        assert [score.run(**r) for r in requests] == sequential
+        assert score.MODEL.cache.slots[None][2]  # it holds the last request's ids
 
     score = serve(folders[kind], monkeypatch, SLMOPS_MAX_BATCH="8", SLMOPS_BATCH_WAIT_MS="300")
     assert score.MODEL.kind == kind

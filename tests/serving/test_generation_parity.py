@@ -276,3 +276,88 @@ def test_prompts_sharing_a_prefix_run_it_once_with_the_same_answers(variants, mo
 ])
 def test_shared_prefix(encoded, expected):
     assert generation._shared_prefix(encoded) == expected
+
+
+# --------------------------------------------------------------------------- ORT GenAI: the prompt cache
+
+def kshot_prompts(n_shots: int = 3) -> list[str]:
+    shots = " ".join(f"Phrase: {p} Tone: angry." for p in PROMPTS * n_shots)
+    return [f"{shots} Phrase: {p} Tone:" for p in [*PROMPTS, "We won!", "It rained all week and the roof leaked."]]
+
+
+def test_ort_prompt_cache_runs_a_shared_prefix_once_with_the_same_answers(variants):
+    """Prompts sharing a long opening (k-shot examples, a system prompt): through the cache each runs only what
+    follows the prefix the generator already holds, across calls too - and every answer equals plain generation."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(variants["onnx-stop"]))
+    tok = og.Tokenizer(model)
+    prompts = kshot_prompts()
+    limits = [MAX_NEW, 3, 5, MAX_NEW, 2]
+    encoded = [generation.ort_encode(tok, p) for p in prompts]
+    shared = generation._shared_prefix(encoded)
+    assert shared >= generation.SHARED_PREFIX_MIN_TOKENS
+    plain = generation.ort_completions(model, tok, prompts, max_new_tokens=limits, batch_size=16, cache=False)
+    assert all(c.ids for c in plain)  # (the end token: test_served_ids_are_plain_greedy_decoding, through the cache)
+
+    # one call (what optimize's accuracy check does on a CPU): the call's own cache
+    assert generation._use_cache(generation.OrtPromptCache(model), encoded, limits, None)
+    assert generation.ort_completions(model, tok, prompts, max_new_tokens=limits, batch_size=16) == plain
+
+    # one request per call (the serving script's cache, kept across calls): each reuses the one before
+    cache = generation.OrtPromptCache(model, context_length=512)
+    reused = []
+    for prompt, ids, limit, want in zip(prompts, encoded, limits, plain):
+        reused.append(cache.reusable(ids, None))
+        assert generation.ort_completions(model, tok, [prompt], max_new_tokens=limit, batch_size=1,
+                                          cache=cache) == [want]
+    assert reused[0] == 0 and min(reused[1:]) >= shared
+    assert cache.slots[None][1] == 512  # room for later requests: the first need, doubled, at least MIN_LENGTH
+
+    # sampled requests never touch it (a generator's search options are fixed)
+    sampled = generation.ort_completions(model, tok, prompts[:2], max_new_tokens=4, batch_size=2,
+                                         temperature=0.9, cache=cache)
+    assert all(len(c.ids) <= 4 for c in sampled) and cache.reusable(encoded[1], None) >= shared
+
+
+def test_ort_prompt_cache_grows_within_the_context_and_recovers_from_a_failed_call(variants):
+    import onnxruntime_genai as og
+
+    model = og.Model(str(variants["onnx"]))
+    tok = og.Tokenizer(model)
+    context = json.loads((variants["onnx"] / "genai_config.json").read_text())["model"]["context_length"]
+    eos = generation.ort_eos_ids(tok)
+    short = generation.ort_encode(tok, PROMPTS[0])
+    roomy = generation.OrtPromptCache(model, context_length=context)  # the serving script's: room to spare
+    roomy.generate(short, 4, eos, None)
+    assert roomy.slots[None][1] == min(context, max(generation.OrtPromptCache.MIN_LENGTH, 2 * (len(short) + 4)))
+    cache = generation.OrtPromptCache(model)  # a call's own: the room the call needs
+    first = cache.generate(short, 4, eos, None)
+    assert cache.slots[None][1] == len(short) + 4
+    generator = cache.slots[None][0]
+    long = short * (context // len(short) // 2)
+    cache.generate(long, 4, eos, None, need=context)
+    assert cache.slots[None][0] is not generator and cache.slots[None][1] == context  # re-made for the longer need
+
+    with pytest.raises(Exception):  # an id past the vocabulary: ORT GenAI raises mid-call
+        cache.generate(short[:-1] + [10**6], 4, eos, None)
+    assert cache.slots[None][2] == []  # nothing assumed held: the next call starts from 0
+    assert cache.generate(short, 4, eos, None) == first
+
+
+@pytest.mark.parametrize("lengths, limits, held, expected", [
+    ([50], [64], 0, True),                    # one prompt: always (what a batch of one costs, prefix kept)
+    ([40, 41], [8, 8], 0, True),              # 39 shared ids, 8 new tokens each
+    ([40, 41], [64, 8], 0, False),            # more new tokens than the shared prefix saves: batched decode
+    ([20, 21], [2, 2], 0, False),             # too short a prefix to be worth one-at-a-time
+    ([50, 51], [2, 2], 40, True),             # nothing shared within the call, but the cache holds 40 ids of each
+])
+def test_use_cache_rule(lengths, limits, held, expected):
+    class Cache:
+        def reusable(self, ids, adapter):
+            return min(held, len(ids) - 1)
+
+    encoded = [[7] * (n - 1) + [i] for i, n in enumerate(lengths)]
+    if held:
+        encoded = [[9] * (n - 1) + [i] for i, n in enumerate(lengths)]  # nothing shared within the call
+    assert generation._use_cache(Cache(), encoded, limits, None) is expected

@@ -13,7 +13,9 @@ the model's chat template), plus optional `max_new_tokens` (1..SLMOPS_MAX_NEW_TO
 Generation is `slmops.generation`'s, the code evaluate (PyTorch) and optimize (ORT GenAI) measure with: the same
 chat rendering, BOS rule, end-of-sequence ids, cut and decoding, so a greedy answer here is the evaluated one.
 Requests that arrive together are generated together (`slmops.serving.batcher`): up to SLMOPS_MAX_BATCH (8) per
-call, gathered for up to SLMOPS_BATCH_WAIT_MS (5) ms; SLMOPS_MAX_BATCH=1 generates one request at a time.
+call, gathered for up to SLMOPS_BATCH_WAIT_MS (5) ms; SLMOPS_MAX_BATCH=1 generates one request at a time. An ORT
+GenAI model on a CPU keeps the key/value cache of the last prompt across requests (`generation.OrtPromptCache`), so
+a request sharing its system prompt runs only its own ids; SLMOPS_PROMPT_CACHE=0 turns that off.
 The schema is published by the server at GET /swagger.json (from the inference-schema decorators below).
 
 Several adapters on one base (`slmops.adapters`: the model folder has an `adapters/` folder - `<name>.onnx_adapter`
@@ -78,7 +80,7 @@ class OrtGenAIModel:
 
     kind = "onnx"
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, prompt_cache: bool = True):
         import onnxruntime_genai as og
 
         og_config = og.Config(str(folder))
@@ -90,6 +92,10 @@ class OrtGenAIModel:
         self.og_adapters, self.adapters = multi.load_onnx_adapters(self.model, folder)  # [] without adapters/
         config = json.loads((folder / "genai_config.json").read_text())
         self.context_length = int(config["model"]["context_length"])
+        # the key/value cache of the last prompt, kept across requests (SLMOPS_PROMPT_CACHE; CPU only, where it
+        # beats batching: generation.OrtPromptCache)
+        self.cache = generation.OrtPromptCache(self.model, self.og_adapters, self.context_length) \
+            if prompt_cache and self.model.device_type == "CPU" else False
 
     def render_chat(self, messages: list[dict]) -> str:
         return generation.ort_render_chat(self.tokenizer, messages)
@@ -100,7 +106,7 @@ class OrtGenAIModel:
     def complete(self, prompts: list[str], max_new_tokens: list[int], temperature: float, adapter: str | None = None):
         return generation.ort_completions(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens,
                                           batch_size=len(prompts), temperature=temperature,
-                                          adapters=self.og_adapters, adapter=adapter)
+                                          adapters=self.og_adapters, adapter=adapter, cache=self.cache)
 
 
 class TorchModel:
@@ -133,16 +139,21 @@ class TorchModel:
                                             batch_size=len(prompts), temperature=temperature, adapter=adapter)
 
 
-def load_model(folder: Path):
+def load_model(folder: Path, prompt_cache: bool = True):
     """The serving model for a folder: ORT GenAI when it has genai_config.json, else PyTorch."""
     if (folder / "genai_config.json").exists():
-        return OrtGenAIModel(folder)
+        return OrtGenAIModel(folder, prompt_cache)
     return TorchModel(folder)
 
 
-def batch_settings(env) -> tuple[int, float]:
-    """(max batch, wait in seconds) from SLMOPS_MAX_BATCH and SLMOPS_BATCH_WAIT_MS; RuntimeError naming a bad value."""
+def batch_settings(env) -> tuple[int, float, bool]:
+    """(max batch, wait in seconds, prompt cache) from SLMOPS_MAX_BATCH, SLMOPS_BATCH_WAIT_MS and SLMOPS_PROMPT_CACHE;
+    RuntimeError naming a bad value."""
     problems, max_batch, wait_ms = [], batcher.DEFAULT_MAX_BATCH, batcher.DEFAULT_WAIT_MS
+    cache = env.get("SLMOPS_PROMPT_CACHE", "1").strip()
+    if cache not in ("0", "1"):
+        problems.append(f"SLMOPS_PROMPT_CACHE={cache!r} must be 1 (keep the last prompt's key/value cache, the "
+                        "default) or 0 (every request prefills its whole prompt)")
     raw = env.get("SLMOPS_MAX_BATCH", "").strip()
     if raw:
         if raw.isdigit() and 1 <= int(raw) <= 256:
@@ -159,7 +170,7 @@ def batch_settings(env) -> tuple[int, float]:
             problems.append(f"SLMOPS_BATCH_WAIT_MS={raw!r} must be a number of milliseconds in 0..1000")
     if problems:
         raise RuntimeError("; ".join(problems))
-    return max_batch, wait_ms / 1000
+    return max_batch, wait_ms / 1000, cache == "1"
 
 
 def init():
@@ -168,9 +179,9 @@ def init():
     root = Path(os.environ.get("AZUREML_MODEL_DIR", "")).expanduser()
     if not str(root) or not root.is_dir():
         raise RuntimeError(f"AZUREML_MODEL_DIR={str(root)!r} is not a folder; start the server with --model_dir")
-    max_batch, wait_s = batch_settings(os.environ)
+    max_batch, wait_s, prompt_cache = batch_settings(os.environ)
     folder = find_model_dir(root)
-    MODEL = load_model(folder)
+    MODEL = load_model(folder, prompt_cache)
     # Azure ML mounts a registered model at .../<name>/<version>, and `slmops serve` caches registry models the
     # same way: report "name:version" then, the folder name otherwise.
     MODEL.name = f"{root.parent.name}:{root.name}" if root.name.isdigit() else folder.name
