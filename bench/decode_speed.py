@@ -16,8 +16,9 @@ turns prompt by prompt (interleaved, so a shared machine's load falls on all ali
 - first token ms: the prefill and first token alone;
 - decode tok/s: (`--tokens` - 1) / (generation time - first token time), the decode steps alone - what the
   bandwidth ceiling bounds (a prefill is compute-bound) and what the issue's 8x target compares.
- The bandwidth ceiling of a build is the machine's read bandwidth (a 512 MB array summed, and copied, in this
-process, medians of 5, between rounds) divided by the bytes a decode step must read: every weight initializer of
+
+The bandwidth ceiling of a build is the machine's read bandwidth (a 512 MB array summed with the runtimes' threads,
+in this process, medians of 5, between rounds) divided by the bytes a decode step must read: every weight initializer of
 the ONNX graph except the embedding table, which a step reads one row of. `--profile` runs one more pass of the
 first variant with ORT's profiler on and prints where decode time goes by operator type. Both runtimes get the same
 compute threads (`--threads`, default what `slmops.threads.choose()` picks for a step: the cores free at start).
@@ -47,20 +48,27 @@ VARIANTS = {  # name: (precision, builder extra options)
 
 
 def read_bandwidth_gbs(size_mb: int = 512, repeats: int = 5) -> dict:
-    """Median GB/s of summing a `size_mb` array (bytes read / s) and of copying it ((read + written) / s)."""
+    """Median GB/s of summing a `size_mb` array with torch's threads (the runtimes' count: bytes read / s; one
+    thread reads about half what two do here), of the same sum on one thread, and of copying it
+    ((read + written) / s, numpy, one thread)."""
     import numpy as np
+    import torch
 
-    src = np.ones(size_mb * 2**20 // 8, dtype=np.float64)
-    dst = np.empty_like(src)
-    reads, copies = [], []
+    src = torch.ones(size_mb * 2**20 // 4, dtype=torch.float32)
+    one, dst = src.numpy(), np.empty(src.numel(), dtype=np.float32)
+    reads, single, copies = [], [], []
     for _ in range(repeats):
         start = time.perf_counter()
         src.sum()
-        reads.append(src.nbytes / (time.perf_counter() - start) / 1e9)
+        reads.append(one.nbytes / (time.perf_counter() - start) / 1e9)
         start = time.perf_counter()
-        np.copyto(dst, src)
-        copies.append(2 * src.nbytes / (time.perf_counter() - start) / 1e9)
-    return {"read": statistics.median(reads), "copy": statistics.median(copies)}
+        one.sum()
+        single.append(one.nbytes / (time.perf_counter() - start) / 1e9)
+        start = time.perf_counter()
+        np.copyto(dst, one)
+        copies.append(2 * one.nbytes / (time.perf_counter() - start) / 1e9)
+    return {"read": statistics.median(reads), "read_1_thread": statistics.median(single),
+            "copy": statistics.median(copies)}
 
 
 def bytes_per_token(onnx_dir: Path) -> dict:
@@ -152,7 +160,7 @@ def main(argv=None) -> dict:
     speeds = {name: [] for name in runtimes}     # generation tok/s (prefill included)
     firsts = {name: [] for name in runtimes}     # s for the prefill and first token
     decodes = {name: [] for name in runtimes}    # decode tok/s (the steps after the first token)
-    bandwidth = {"read": [], "copy": []}
+    bandwidth = {"read": [], "read_1_thread": [], "copy": []}
     loads = []
     for round_ in range(args.rounds):
         loads.append(os.getloadavg()[0])
@@ -184,7 +192,8 @@ def main(argv=None) -> dict:
     if args.profile:
         report["profile"] = profile(work / names[0], timed, args.tokens, compute_threads)
 
-    print(f"\nread bandwidth {report['bandwidth_gbs']['read']:.1f} GB/s (copy {report['bandwidth_gbs']['copy']:.1f}); "
+    print(f"\nread bandwidth {report['bandwidth_gbs']['read']:.1f} GB/s with {compute_threads} thread(s) (one thread "
+          f"{report['bandwidth_gbs']['read_1_thread']:.1f}; copy {report['bandwidth_gbs']['copy']:.1f}); "
           f"load {min(loads):.1f}-{max(loads):.1f}; {compute_threads} compute thread(s) each; {len(rows)} test rows; "
           f"batch 1, {args.prompts} prompts x "
           f"{args.tokens} tokens, median of {args.rounds} interleaved rounds\n")

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -85,11 +84,8 @@ def test_quickstart_rerun_reuses_every_step(quickstart_dir):
     work, _ = quickstart_dir
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "slmops", "quickstart", "--tiny", "--dir", str(work)],
                           capture_output=True, text=True, env=env, timeout=300)
-    seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     run = json.loads((work / "run" / "run.json").read_text())
-    assert set(run["steps"].values()) == {"reused"}, run["steps"]
-    assert seconds < 60, f"cached quickstart re-run took {seconds:.1f} s"
+    assert set(run["steps"].values()) == {"reused"}, run["steps"]  # no step ran again (how fast: bench/)
