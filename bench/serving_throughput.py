@@ -114,7 +114,8 @@ def http_sender(port: int):
     return send
 
 
-def start_server(model: Path, max_batch: int, wait_ms: float, threads: int, log: Path, prompt_cache: bool):
+def start_server(model: Path, max_batch: int, wait_ms: float, threads: int, log: Path, prompt_cache: bool,
+                 workers: int | None = None):
     from slmops.serving import serve as srv
 
     port = srv.free_port()
@@ -122,8 +123,8 @@ def start_server(model: Path, max_batch: int, wait_ms: float, threads: int, log:
                SLMOPS_BATCH_WAIT_MS=str(wait_ms), SLMOPS_PROMPT_CACHE=str(int(prompt_cache)))
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "slmops", "serve", str(model), "--port", str(port),
-                                 "--threads", str(threads)], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                 "--threads", str(threads), *(["--workers", str(workers)] if workers else [])],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     srv.wait_ready(f"http://127.0.0.1:{port}", 120, proc, log)
     return proc, http_sender(port)
 
@@ -158,6 +159,7 @@ def tiny(backend: str, work: Path) -> Path:
 def table(results: dict, args, model: Path) -> str:
     lines = [f"model `{model.name}`, mode {args.mode}, {os.cpu_count()} cores, SLMOPS_MAX_BATCH {args.max_batch} vs 1, "
              f"SLMOPS_PROMPT_CACHE 1 vs {int(args.baseline_cache)}, "
+             f"workers {args.workers or 'planned'} vs planned, "
              f"SLMOPS_BATCH_WAIT_MS {args.wait_ms}, threads {args.threads}, {args.requests} {args.workload} requests x "
              f"up to {args.max_new_tokens} new tokens per run, {args.pairs} A/B pairs (medians)", "",
              "| concurrency | server | requests/s | p50 ms | p99 ms | errors | load avg (1 min) | speedup | "
@@ -194,6 +196,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="`slmops serve --threads` for both sides (default: 2 x --max-batch)")
     parser.add_argument("--warmup", type=int, default=4, help="requests sent to each side before measuring")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="`slmops serve --workers` of the batched side (--mode serve; default: its plan). The "
+                             "one-at-a-time side keeps its plan")
     parser.add_argument("--baseline-cache", action="store_true",
                         help="the one-at-a-time side keeps its prompt cache (ORT GenAI on a CPU): batching alone")
     parser.add_argument("--json", type=Path, default=None, help="write the raw runs here")
@@ -208,10 +213,10 @@ def main() -> None:
         try:
             if args.mode == "serve":
                 sides = {}
-                for name, size, cache in (("batched", args.max_batch, True),
-                                          ("one-at-a-time", 1, args.baseline_cache)):
+                for name, size, cache, workers in (("batched", args.max_batch, True, args.workers),
+                                                   ("one-at-a-time", 1, args.baseline_cache, None)):
                     proc, sides[name] = start_server(model, size, args.wait_ms, args.threads, work / f"{name}.log",
-                                                     cache)
+                                                     cache, workers)
                     procs.append(proc)
             else:
                 sides = inprocess_senders(model, args.max_batch, args.wait_ms, args.baseline_cache)
