@@ -280,11 +280,13 @@ class OrtPromptCache:
         self.slots: dict = {}  # adapter (None without) -> [generator, its max_length, the ids in its cache]
 
     def reusable(self, ids: list[int], adapter: str | None) -> int:
-        """How many leading ids of `ids` the adapter's generator holds already (at least one id is left to run)."""
+        """How many leading ids of `ids` the adapter's generator holds already (at least one id is left to run).
+        The last id held is the last one generated, which a generator runs only with the next step: it is run again
+        with the prompt's own ids rather than relied on."""
         slot = self.slots.get(adapter)
         if slot is None:
             return 0
-        held, n, stop = slot[2], 0, min(len(slot[2]), len(ids) - 1)
+        held, n, stop = slot[2], 0, min(len(slot[2]) - 1, len(ids) - 1)
         while n < stop and held[n] == ids[n]:
             n += 1
         return n

@@ -314,6 +314,14 @@ def test_ort_prompt_cache_runs_a_shared_prefix_once_with_the_same_answers(varian
     assert reused[0] == 0 and min(reused[1:]) >= shared
     assert cache.slots[None][1] == 512  # room for later requests: the first need, doubled, at least MIN_LENGTH
 
+    # the next turn of a chat holds the whole last exchange: all of it is reused but the last generated id (run again
+    # with the new ids, not relied on)
+    held = cache.slots[None][2]
+    follow = held + encoded[1][-6:]
+    assert cache.reusable(follow, None) == len(held) - 1
+    eos = generation.ort_eos_ids(tok)
+    assert cache.generate(follow, 6, eos, None) == generation.OrtPromptCache(model).generate(follow, 6, eos, None)
+
     # sampled requests never touch it (a generator's search options are fixed)
     sampled = generation.ort_completions(model, tok, prompts[:2], max_new_tokens=4, batch_size=2,
                                          temperature=0.9, cache=cache)
