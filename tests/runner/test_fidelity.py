@@ -373,6 +373,7 @@ def test_public_http_data_is_downloaded_once_and_an_unreachable_url_is_not_calle
         assert "show | 7" in second.output and len(hits) == 1         # the second run used the download
     finally:
         server.shutdown()
+        server.server_close()   # the port refuses connections now (left open, a request would wait out the timeout)
     closed = run(runs, pipeline.parent / "url.yaml", "r3", "--set",
                  f"table=http://127.0.0.1:{server.server_address[1]}/elsewhere.csv")
     assert closed.exit_code == 2
