@@ -6,6 +6,7 @@ Before: 10 processes opening a new `sqlite:///reg.db` at once -> 0/10 succeed (a
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -18,16 +19,35 @@ from click.testing import CliRunner
 from slmops import registry, tracking
 from slmops.errors import UserError
 
-# Each child waits for the go file, then opens the store as register/serve/promote do (slmops.registry.client:
-# ensure_store, then both MLflow stores) and creates a registered model of its own.
-CHILD = """
-import os, sys, time
-go, uri, i = sys.argv[1], sys.argv[2], sys.argv[3]
+# One process imports slmops.registry and MLflow and forks ten children (the imports paid once, not ten times on
+# two cores);
+# each child waits for the go file, then opens the store as register/serve/promote do (slmops.registry.client:
+# ensure_store, then both MLflow stores, each child with connections of its own) and creates a registered model of
+# its own. "ready" once all ten wait; then the failed children's numbers.
+CHILDREN = """
+import json, os, sys, time, traceback
+go, uri = sys.argv[1], sys.argv[2]
 from slmops import registry
-while not os.path.exists(go):
-    time.sleep(0.01)
-registry.ensure_registered_model(uri, f"model-{i}")
-print("ok")
+import mlflow  # what registry.client imports when called (lazily): the modules only, no store is opened
+from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+from mlflow.tracking._tracking_service.utils import _get_sqlalchemy_store
+pids = []
+for i in range(10):
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            while not os.path.exists(go):
+                time.sleep(0.01)
+            registry.ensure_registered_model(uri, f"model-{i}")
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.stderr.flush()
+        os._exit(code)
+    pids.append(pid)
+print("ready", flush=True)
+print(json.dumps([i for i, pid in enumerate(pids) if os.waitpid(pid, 0)[1] != 0]))
 """
 
 
@@ -36,13 +56,14 @@ def test_ten_processes_create_a_new_store_at_once(tmp_path):
     uri = f"sqlite:///{db}"
     go = tmp_path / "go"
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD, str(go), uri, str(i)], env=env, cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(10)]
-    time.sleep(3)  # let them all import mlflow first, so the creations really overlap
+    proc = subprocess.Popen([sys.executable, "-c", CHILDREN, str(go), uri], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"   # all ten have imported mlflow, so the creations really overlap
     go.touch()
-    results = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in procs]
-    failed = [err[-600:] for code, _, err in results if code != 0]
-    assert not failed, f"{len(failed)}/10 failed:\n" + "\n---\n".join(failed)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    failed = json.loads(out.strip().splitlines()[-1])
+    assert not failed, f"{len(failed)}/10 failed:\n" + err[-6000:]
     assert sorted(m.name for m in registry.client(uri).search_registered_models()) == \
         sorted(f"model-{i}" for i in range(10))
     assert not list(db.parent.glob(".reg.db.creating-*"))  # no temp store left behind
