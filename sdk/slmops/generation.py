@@ -343,7 +343,7 @@ def _use_cache(cache, encoded: list[list[int]], limits: list[int], adapter: str 
 def _ort_run(model, tokenizer, prompts: list[str], *, max_new_tokens: int | list[int], batch_size: int,
              min_new_tokens: int = 0, temperature: float = 0.0, adapters=None,
              adapter: str | None = None, progress=None, cache: OrtPromptCache | None = None,
-             ) -> list[tuple[int, list[int]]]:
+             on_done=None) -> list[tuple[int, list[int]]]:
     """(prompt token count, new ids cut at eos) of each prompt: ORT GenAI (`og.Model`, `og.Tokenizer`) over batches,
     or, greedy with a `cache` (`_use_cache`), one at a time through it.
 
@@ -362,8 +362,10 @@ def _ort_run(model, tokenizer, prompts: list[str], *, max_new_tokens: int | list
     if cache is not None and temperature == 0 and min_new_tokens == 0 \
             and _use_cache(cache, all_encoded, limits, adapter):
         need = max(len(ids) + limit for ids, limit in zip(all_encoded, limits))
-        for ids, limit in zip(all_encoded, limits):
+        for i, (ids, limit) in enumerate(zip(all_encoded, limits)):
             results.append((len(ids), cache.generate(ids, limit, eos_ids, adapter, need)))
+            if on_done is not None:
+                on_done(i, results[-1])
             if progress is not None:
                 progress(1)
         return results
@@ -406,17 +408,25 @@ def _ort_run(model, tokenizer, prompts: list[str], *, max_new_tokens: int | list
 
 def ort_completions(model, tokenizer, prompts: list[str], *, max_new_tokens: int | list[int], batch_size: int,
                     temperature: float = 0.0, adapters=None, adapter: str | None = None,
-                    progress=None, cache: OrtPromptCache | bool = True) -> list[Completion]:
+                    progress=None, cache: OrtPromptCache | bool = True, on_done=None) -> list[Completion]:
     """The completion of each prompt with ORT GenAI (`max_new_tokens`: one for all, or one per prompt). `cache`:
     an OrtPromptCache kept across calls (the serving script's), True for one made for this call when the model
-    runs on the CPU (where reusing a shared prefix beats batching, `_use_cache`), False for none."""
+    runs on the CPU (where reusing a shared prefix beats batching, `_use_cache`), False for none. `on_done(i,
+    completion)` is called as each prompt's completion is ready when the cache runs them one at a time (the
+    serving batcher answers those requests at once)."""
     if cache is True:
         cache = OrtPromptCache(model, adapters) if model.device_type == "CPU" else None
-    runs = _ort_run(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+    limits = _per_prompt(max_new_tokens, len(prompts))
+
+    def completion(run: tuple[int, list[int]], limit: int) -> Completion:
+        n_prompt, ids = run
+        return Completion(tokenizer.decode(ids).strip() if ids else "", ids, n_prompt, _finish(ids, limit))
+
+    each = None if on_done is None else (lambda i, run: on_done(i, completion(run, limits[i])))
+    runs = _ort_run(model, tokenizer, prompts, max_new_tokens=limits, batch_size=batch_size,
                     temperature=temperature, adapters=adapters, adapter=adapter, progress=progress,
-                    cache=cache or None)
-    return [Completion(tokenizer.decode(ids).strip() if ids else "", ids, n_prompt, _finish(ids, limit))
-            for (n_prompt, ids), limit in zip(runs, _per_prompt(max_new_tokens, len(prompts)))]
+                    cache=cache or None, on_done=each)
+    return [completion(run, limit) for run, limit in zip(runs, limits)]
 
 
 def ort_generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int,

@@ -45,7 +45,7 @@ class FakeModel:
     def encode(self, prompt):
         return list(prompt)
 
-    def complete(self, prompts, max_new_tokens, temperature):
+    def complete(self, prompts, max_new_tokens, temperature, on_done=None):
         self.threads.add(threading.current_thread().name)
         self.calls.append((list(prompts), list(max_new_tokens), temperature))
         threading.Event().wait(self.delay_s)
@@ -121,6 +121,52 @@ def test_a_failing_request_fails_alone():
     assert ["boom"] in [p for p, _, _ in model.calls]
     # still serving
     assert b.submit("after", None, 2, 0.0) == answer("after", 2)
+    b.close()
+
+
+class OneAtATimeModel(FakeModel):
+    """Completes a batch's prompts one by one, calling on_done as each is ready (what ORT GenAI's prompt cache does),
+    and before the next waits until the request just answered has been handed back to its caller."""
+
+    def __init__(self):
+        super().__init__()
+        self.returned: dict[str, threading.Event] = {}
+        self.answered_early: list[bool] = []
+
+    def complete(self, prompts, max_new_tokens, temperature, on_done=None):
+        self.calls.append((list(prompts), list(max_new_tokens), temperature))
+        if len(self.calls) == 1:  # a lone first request starts at once: the others queue behind it meanwhile
+            threading.Event().wait(0.3)
+        out = []
+        for i, (p, n) in enumerate(zip(prompts, max_new_tokens)):
+            out.append(answer(p, n))
+            if on_done is not None:
+                on_done(i, out[-1])
+            if i < len(prompts) - 1:  # the caller has its answer while the batch is still generating
+                self.answered_early.append(self.returned.setdefault(p, threading.Event()).wait(5))
+        return out
+
+
+def test_a_request_is_answered_as_soon_as_its_completion_is_ready():
+    model = OneAtATimeModel()
+    b = Batcher(model, max_batch=8, wait_s=0.3)
+    prompts = [f"prompt {i}" for i in range(4)]
+    for p in prompts:
+        model.returned[p] = threading.Event()
+    got, gate = [None] * 4, threading.Barrier(4)
+
+    def one(i):
+        gate.wait()
+        got[i] = b.submit(prompts[i], None, 3, 0.0)
+        model.returned[prompts[i]].set()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert got == [answer(p, 3) for p in prompts]
+    assert b.stats["largest"] > 1 and model.answered_early and all(model.answered_early)
     b.close()
 
 
@@ -273,7 +319,7 @@ def test_a_bad_request_in_a_burst_fails_alone(kind, folders, monkeypatch):
     too_long = req("word " * score.MODEL.context_length, n=2)
     real_complete = score.MODEL.complete
 
-    def complete(prompts, max_new_tokens, temperature):
+    def complete(prompts, max_new_tokens, temperature, on_done=None):
         if "explode" in prompts:
             raise RuntimeError("this prompt breaks the runtime")
         return real_complete(prompts, max_new_tokens, temperature)

@@ -302,7 +302,10 @@ def test_ort_prompt_cache_runs_a_shared_prefix_once_with_the_same_answers(varian
 
     # one call (what optimize's accuracy check does on a CPU): the call's own cache
     assert generation._use_cache(generation.OrtPromptCache(model), encoded, limits, None)
-    assert generation.ort_completions(model, tok, prompts, max_new_tokens=limits, batch_size=16) == plain
+    ready = []  # each completion as it is ready (how the serving batcher answers a request before the next runs)
+    assert generation.ort_completions(model, tok, prompts, max_new_tokens=limits, batch_size=16,
+                                      on_done=lambda i, c: ready.append((i, c))) == plain
+    assert ready == list(enumerate(plain))
 
     # one request per call (the serving script's cache, kept across calls): each reuses the one before
     cache = generation.OrtPromptCache(model, context_length=512)

@@ -139,7 +139,7 @@ class AdapterFake:
     def encode(self, prompt):
         return list(prompt)
 
-    def complete(self, prompts, max_new_tokens, temperature, adapter=None):
+    def complete(self, prompts, max_new_tokens, temperature, adapter=None, on_done=None):
         self.calls.append((adapter, list(prompts)))
         threading.Event().wait(0.02)
         return [Completion(f"{adapter}:{p}", [1], len(p), "length") for p in prompts]

@@ -15,8 +15,9 @@ tokenizer are never used from two threads) and loops:
    for the next round, ahead of newer requests;
 4. one `model.complete(prompts, max_new_tokens, temperature)` call - `generation.torch_completions` /
    `ort_completions`, each prompt with its own max_new_tokens (a row stops at its limit or its end token) - and
-   each request gets its own Completion. If the call raises, its requests are run again one at a time, so only
-   the one that fails gets the error.
+   each request gets its own Completion, as soon as it is ready when the call runs its prompts one at a time
+   (ORT GenAI's prompt cache), else when the call returns. If the call raises, its unanswered requests are run
+   again one at a time, so only the one that fails gets the error.
 
 Greedy answers equal the one-at-a-time answers (tests/serving/test_batching.py) up to the floating-point
 reduction order of a wider matrix product, which evaluate's own batches share (docs/serving.md, "Batched serving").
@@ -105,24 +106,27 @@ def take_batch(pending: list[Request], max_batch: int, context_length: int) -> l
 
 
 def generate(model, batch: list[Request]) -> int:
-    """One batched generation for `batch`; when it raises, each request again on its own. Returns the number of
-    generation calls made."""
+    """One batched generation for `batch`; when it raises, each request not yet answered again on its own.
+    A request is answered as soon as its completion is ready (`on_done`: ORT GenAI's prompt cache runs a batch one
+    request at a time), else when the call returns. Returns the number of generation calls made."""
     # every request of a batch has the same adapter (take_batch); a model without adapters never gets the argument
     adapter = {"adapter": batch[0].adapter} if batch[0].adapter is not None else {}
     try:
         done = model.complete([r.text for r in batch], [r.max_new_tokens for r in batch], batch[0].temperature,
-                              **adapter)
+                              on_done=lambda i, completion: batch[i].finish(completion), **adapter)
     except Exception as exc:
         if len(batch) == 1:
             batch[0].finish(error=exc)
             return 1
-        logger.warning("slmops: a batch of %d failed (%s: %s); running its requests one at a time",
-                       len(batch), type(exc).__name__, exc)
-        for req in batch:
+        rest = [req for req in batch if not req.done.is_set()]
+        logger.warning("slmops: a batch of %d failed (%s: %s); running its %d unanswered requests one at a time",
+                       len(batch), type(exc).__name__, exc, len(rest))
+        for req in rest:
             generate(model, [req])
-        return 1 + len(batch)
+        return 1 + len(rest)
     for req, completion in zip(batch, done):
-        req.finish(completion)
+        if not req.done.is_set():
+            req.finish(completion)
     return 1
 
 

@@ -103,10 +103,12 @@ class OrtGenAIModel:
     def encode(self, prompt: str) -> list[int]:
         return generation.ort_encode(self.tokenizer, prompt)
 
-    def complete(self, prompts: list[str], max_new_tokens: list[int], temperature: float, adapter: str | None = None):
+    def complete(self, prompts: list[str], max_new_tokens: list[int], temperature: float, adapter: str | None = None,
+                 on_done=None):
         return generation.ort_completions(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens,
                                           batch_size=len(prompts), temperature=temperature,
-                                          adapters=self.og_adapters, adapter=adapter, cache=self.cache)
+                                          adapters=self.og_adapters, adapter=adapter, cache=self.cache,
+                                          on_done=on_done)
 
 
 class TorchModel:
@@ -134,7 +136,8 @@ class TorchModel:
     def encode(self, prompt: str) -> list[int]:
         return generation.torch_encode(self.tokenizer, prompt)
 
-    def complete(self, prompts: list[str], max_new_tokens: list[int], temperature: float, adapter: str | None = None):
+    def complete(self, prompts: list[str], max_new_tokens: list[int], temperature: float, adapter: str | None = None,
+                 on_done=None):  # a batch's completions are ready together: the batcher answers them after the call
         return generation.torch_completions(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens,
                                             batch_size=len(prompts), temperature=temperature, adapter=adapter)
 
