@@ -272,8 +272,9 @@ class OrtPromptCache:
     1), so the cache runs prompts one at a time: `_ort_run` takes it when the prefix it saves outweighs what
     batching would save (`_use_cache`)."""
 
-    MIN_LENGTH = 512  # with a context_length: a generator's max_length (its key/value buffer) is at least this,
-                      # and twice the longest prompt + new tokens seen, up to the context (fewer re-made generators)
+    LENGTH_STEP = 512  # with a context_length: a generator's max_length (its key/value buffer) is the prompt + new
+                       # tokens it needs rounded up to a multiple of this, up to the context (few re-made generators,
+                       # and the buffer it keeps is at most one step larger than the longest request seen)
 
     def __init__(self, model, adapters=None, context_length: int | None = None):
         self.model, self.adapters, self.context_length = model, adapters, context_length
@@ -296,8 +297,8 @@ class OrtPromptCache:
 
         slot = self.slots.get(adapter)
         if slot is None or slot[1] < need:
-            length = need if not self.context_length else max(need, min(max(self.MIN_LENGTH, 2 * need),
-                                                                         self.context_length))
+            step = self.LENGTH_STEP
+            length = need if not self.context_length else max(need, min(-(-need // step) * step, self.context_length))
             params = og.GeneratorParams(self.model)
             params.set_search_options(do_sample=False, batch_size=1, max_length=length, min_length=0)
             generator = og.Generator(self.model, params)

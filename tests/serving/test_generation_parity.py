@@ -315,7 +315,7 @@ def test_ort_prompt_cache_runs_a_shared_prefix_once_with_the_same_answers(varian
         assert generation.ort_completions(model, tok, [prompt], max_new_tokens=limit, batch_size=1,
                                           cache=cache) == [want]
     assert reused[0] == 0 and min(reused[1:]) >= shared
-    assert cache.slots[None][1] == 512  # room for later requests: the first need, doubled, at least MIN_LENGTH
+    assert cache.slots[None][1] == 512  # room for later requests: the need rounded up to LENGTH_STEP
 
     # the next turn of a chat holds the whole last exchange: all of it is reused but the last generated id (run again
     # with the new ids, not relied on)
@@ -341,7 +341,7 @@ def test_ort_prompt_cache_grows_within_the_context_and_recovers_from_a_failed_ca
     short = generation.ort_encode(tok, PROMPTS[0])
     roomy = generation.OrtPromptCache(model, context_length=context)  # the serving script's: room to spare
     roomy.generate(short, 4, eos, None)
-    assert roomy.slots[None][1] == min(context, max(generation.OrtPromptCache.MIN_LENGTH, 2 * (len(short) + 4)))
+    assert roomy.slots[None][1] == min(context, generation.OrtPromptCache.LENGTH_STEP)
     cache = generation.OrtPromptCache(model)  # a call's own: the room the call needs
     first = cache.generate(short, 4, eos, None)
     assert cache.slots[None][1] == len(short) + 4
