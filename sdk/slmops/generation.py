@@ -131,14 +131,19 @@ def _torch_row_limits(limits: list[int], width: int):
 SHARED_PREFIX_MIN_TOKENS = 32
 
 
+def _common_length(sequences: list[list[int]], stop: int) -> int:
+    """The number of leading ids all `sequences` share, at most `stop`."""
+    first, n = sequences[0], 0
+    while n < stop and all(ids[n] == first[n] for ids in sequences):
+        n += 1
+    return n
+
+
 def _shared_prefix(encoded: list[list[int]]) -> int:
     """The number of leading ids every prompt shares, leaving each prompt at least one id of its own."""
     if len(encoded) < 2:
         return 0
-    first, shortest = encoded[0], min(len(ids) for ids in encoded)
-    n = 0
-    while n < shortest - 1 and all(ids[n] == first[n] for ids in encoded):
-        n += 1
+    n = _common_length(encoded, min(len(ids) for ids in encoded) - 1)
     return n if n >= SHARED_PREFIX_MIN_TOKENS else 0
 
 
@@ -285,12 +290,7 @@ class OrtPromptCache:
         The last id held is the last one generated, which a generator runs only with the next step: it is run again
         with the prompt's own ids rather than relied on."""
         slot = self.slots.get(adapter)
-        if slot is None:
-            return 0
-        held, n, stop = slot[2], 0, min(len(slot[2]) - 1, len(ids) - 1)
-        while n < stop and held[n] == ids[n]:
-            n += 1
-        return n
+        return 0 if slot is None else _common_length([slot[2], ids], min(len(slot[2]) - 1, len(ids) - 1))
 
     def _slot(self, need: int, adapter: str | None) -> list:
         import onnxruntime_genai as og

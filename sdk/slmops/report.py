@@ -324,11 +324,11 @@ def parallel_coordinates(trials: list, names: list[str], metric: str, best: int 
     left, right, top, bottom = 40, 110, 34, 36
     step = (width - left - right) / max(len(axes) - 1, 1)
 
-    def values(axis):
-        return [t["metric"] if axis == metric else t["params"].get(axis) for t in trials]
+    def on_axis(trial, axis):
+        return trial["metric"] if axis == metric else trial["params"].get(axis)
 
     def scale(axis):
-        vals = [v for v in values(axis) if v is not None]
+        vals = [v for v in (on_axis(t, axis) for t in trials) if v is not None]
         nums = [v for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if vals and len(nums) == len(vals):
             lo, hi = min(nums), max(nums)
@@ -358,9 +358,9 @@ def parallel_coordinates(trials: list, names: list[str], metric: str, best: int 
     for t in sorted(trials, key=lambda t: t["index"] == best):       # the best drawn last, on top
         points = []
         for i, axis in enumerate(axes):
-            value = t["metric"] if axis == metric else t["params"].get(axis)
-            if value is not None:
-                points.append(f"{left + step * i:.1f},{top + plot_h * (1 - scales[axis][0](value)):.1f}")
+            v = on_axis(t, axis)
+            if v is not None:
+                points.append(f"{left + step * i:.1f},{top + plot_h * (1 - scales[axis][0](v)):.1f}")
         stopped = t.get("status") != "completed"
         style = ('stroke="#dc2626" stroke-width="3"' if t["index"] == best else
                  'stroke="#9ca3af" stroke-width="1.5" stroke-dasharray="5 4"' if stopped else

@@ -217,9 +217,11 @@ def test_one_multi_adapter_process_holds_one_base(folders, finetuned, topic_fine
     from concurrent.futures import ThreadPoolExecutor
 
     merged = {"tone": Path(finetuned["model"]), "topic": Path(topic_finetuned["model"])}
-    jobs = {(kind, name): (folders[kind], NAMES) if name is None else
-            (folders[f"onnx-{name}"] if kind == "onnx" else merged[name], [None])
-            for kind in ("onnx", "pytorch") for name in (None, *NAMES)}
+    jobs = {}  # (kind, None): the multi-adapter process; (kind, name): that task's single-model process
+    for kind in ("onnx", "pytorch"):
+        jobs[kind, None] = (folders[kind], NAMES)
+        for name in NAMES:
+            jobs[kind, name] = (folders[f"onnx-{name}"] if kind == "onnx" else merged[name], [None])
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         measured = dict(zip(jobs, pool.map(lambda job: scoring_process_memory(*job), jobs.values())))
     figures = {}
